@@ -1,0 +1,36 @@
+"""The interface between the Spark loop (``ddrl.trainer``) and an algorithm (``ddrl.ppo``).
+
+The loop knows nothing of the algorithm's math, the algorithm nothing of Spark.  Per iteration the loop:
+
+1. asks ``task_payload(state, iteration)`` for what every task needs, and broadcasts it;
+2. runs ``run_task(payload, seed)`` in each Spark task, with a seed derived from (run seed, iteration, task);
+3. merges the tasks' ``TaskOutput``s exactly (``ddrl.merge``) with ``RDD.treeReduce``;
+4. calls ``apply(state, merged, iteration)`` on the driver for the next state and the iteration's metrics.
+
+The state is a flat dict of NumPy arrays, so that checkpoints hold all of it without pickling.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ddrl.checkpoint import State
+from ddrl.merge import MergedResult, TaskOutput
+from ddrl.policy import Policy
+
+
+class Algorithm(Protocol):
+    def initial_state(self) -> State:
+        """The state before the first iteration, a pure function of the config (and its seed)."""
+
+    def task_payload(self, state: State, iteration: int) -> dict[str, Any]:
+        """What every task of ``iteration`` needs from the driver (broadcast once per iteration)."""
+
+    def run_task(self, payload: dict[str, Any], seed: int) -> TaskOutput:
+        """One task's work; runs on an executor and must be a pure function of its arguments."""
+
+    def apply(self, state: State, result: MergedResult, iteration: int) -> tuple[State, dict[str, float]]:
+        """The next state from the merged task results, and the iteration's algorithm metrics."""
+
+    def policy(self, state: State) -> Policy:
+        """The deterministic policy the state holds, for evaluation and saving."""

@@ -1,0 +1,165 @@
+"""Run configuration: YAML files in ``conf/``, validated before Spark starts.
+
+A config has the sections below plus one section named after its algorithm (``ppo:``), whose schema lives
+in that algorithm's module.  Every problem is reported as one ``ConfigError`` line naming the field.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ALGORITHMS = {"ppo": "ddrl.ppo"}
+"""Algorithm name to the module that implements it (see ``ddrl.algorithm``)."""
+
+
+class ConfigError(ValueError):
+    """A config, override, environment or run directory that cannot be used; the message names the field."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class EnvConfig(StrictModel):
+    id: str = Field(min_length=1, description="A registered gymnasium id, or 'package.module:ClassName'.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the env.")
+    num_envs: int = Field(8, ge=1, le=4096, description="Environments per task, stepped as one vector env.")
+    max_episode_steps: int | None = Field(None, ge=1, description="Time limit; the env's own by default.")
+
+
+class SparkConfig(StrictModel):
+    num_tasks: int = Field(2, ge=1, le=100_000, description="Tasks per iteration (part of the config, not the cluster).")
+    tree_depth: int = Field(2, ge=1, le=16, description="Depth of RDD.treeReduce.")
+
+
+class TrainConfig(StrictModel):
+    total_env_steps: int = Field(ge=1, description="Step budget: training stops once this many env steps ran.")
+    target_return: float | None = Field(None, description="Evaluation mean that counts as solved; the env's reward_threshold by default.")
+    stop_at_target: bool = Field(True, description="Stop as soon as an evaluation reaches target_return.")
+    eval_every: int = Field(1, ge=1, description="Evaluate the policy every this many iterations.")
+    eval_episodes: int = Field(10, ge=1, description="Episodes per evaluation during training.")
+    final_eval_episodes: int = Field(20, ge=1, description="Episodes of the final evaluation.")
+
+
+class OutputConfig(StrictModel):
+    root: str = Field("runs", min_length=1, description="Where run directories are created.")
+    run_dir: str | None = Field(None, description="This run's directory; root/<name>-<timestamp> by default.")
+    checkpoint_every: int = Field(10, ge=1, description="Checkpoint every this many iterations (and at the end).")
+    keep_checkpoints: int = Field(3, ge=1, description="How many recent checkpoints to keep.")
+
+
+class Config(StrictModel):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = Field(0, ge=0, lt=2**63)
+    algo: str
+    env: EnvConfig
+    spark: SparkConfig = SparkConfig()
+    train: TrainConfig
+    output: OutputConfig = OutputConfig()
+    hyperparameters: Any = Field(None, exclude=True, description="The algorithm's section, validated by its module.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data, with the algorithm's section under its name."""
+        data = self.model_dump(mode="json")
+        data[self.algo] = self.hyperparameters.model_dump(mode="json")
+        return data
+
+    def fingerprint(self) -> str:
+        """A hash of everything that shapes training (the output section does not)."""
+        data = self.to_dict()
+        data.pop("output")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load(source: str | Path | Mapping[str, Any] | Config, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read and validate a config from a YAML path, a dict or a ``Config``, applying ``key.path=value`` overrides."""
+    if isinstance(source, Config):
+        if not overrides:
+            return source
+        source = source.to_dict()
+    data = _read_yaml(Path(source)) if isinstance(source, (str, Path)) else copy.deepcopy(dict(source))
+    for override in overrides:
+        _apply_override(data, override)
+    return from_dict(data)
+
+
+def from_dict(data: Mapping[str, Any]) -> Config:
+    data = dict(data)
+    if "hyperparameters" in data:
+        raise ConfigError("hyperparameters: unknown key")
+    algo = data.get("algo")
+    if not isinstance(algo, str) or algo not in ALGORITHMS:
+        raise ConfigError(f"algo: must be one of {sorted(ALGORITHMS)} (got {algo!r})")
+    for other in ALGORITHMS:
+        if other != algo and other in data:
+            raise ConfigError(f"{other}: section does not apply to algo {algo!r}")
+    section = data.pop(algo, None) or {}
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{algo}: must be a mapping of hyperparameters")
+    hyperparameters_model = importlib.import_module(ALGORITHMS[algo]).Hyperparameters
+    hyperparameters = _validate(hyperparameters_model, section, prefix=f"{algo}.")
+    config = _validate(Config, data, prefix="")
+    return config.model_copy(update={"hyperparameters": hyperparameters})
+
+
+def _validate(model: type[BaseModel], data: Mapping[str, Any], prefix: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = prefix + ".".join(str(part) for part in first["loc"])
+        message = first["msg"]
+        if first["type"] not in ("missing", "extra_forbidden"):
+            message += f" (got {first['input']!r})"
+        elif first["type"] == "extra_forbidden":
+            message = "unknown key"
+        more = error.error_count() - 1
+        raise ConfigError(f"{field}: {message}" + (f" (and {more} more problems)" if more else "")) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as error:
+        raise ConfigError(f"config file {path} cannot be read: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    return data
+
+
+def _apply_override(data: dict[str, Any], override: str) -> None:
+    key, separator, raw_value = override.partition("=")
+    if not separator or not key:
+        raise ConfigError(f"override {override!r}: expected key.path=value")
+    try:
+        value = yaml.safe_load(raw_value)
+    except yaml.YAMLError:
+        raise ConfigError(f"override {key}: value {raw_value!r} is not valid YAML") from None
+    *parents, leaf = key.split(".")
+    node = data
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {part} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def dump(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,51 @@
+"""Running mean and variance of observations (or returns), merged across tasks.
+
+Each task measures the moments of what it saw: count, mean and M2 (the sum of squared deviations).  The
+driver folds them into the running moments with the parallel-variance formula of Chan et al. (1979), in
+task order, so that the result is reproducible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+EPSILON = 1e-8
+CLIP = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Moments:
+    count: float
+    mean: np.ndarray
+    m2: np.ndarray
+
+    @staticmethod
+    def empty(shape: tuple[int, ...]) -> "Moments":
+        return Moments(0.0, np.zeros(shape), np.zeros(shape))
+
+    @staticmethod
+    def of(samples: np.ndarray) -> "Moments":
+        """Moments of a batch (samples along the first axis)."""
+        samples = np.asarray(samples, dtype=np.float64)
+        mean = samples.mean(axis=0)
+        return Moments(float(len(samples)), mean, ((samples - mean) ** 2).sum(axis=0))
+
+    def combine(self, other: "Moments") -> "Moments":
+        count = self.count + other.count
+        if count == 0:
+            return self
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.count / count)
+        m2 = self.m2 + other.m2 + delta**2 * (self.count * other.count / count)
+        return Moments(count, mean, m2)
+
+    @property
+    def variance(self) -> np.ndarray:
+        return self.m2 / self.count if self.count > 0 else np.ones_like(self.mean)
+
+
+def normalize(values: np.ndarray, mean: np.ndarray, variance: np.ndarray) -> np.ndarray:
+    """Standardize and clip to [-CLIP, CLIP], as gymnasium's NormalizeObservation wrapper does."""
+    return np.clip((values - mean) / np.sqrt(variance + EPSILON), -CLIP, CLIP).astype(np.float32)

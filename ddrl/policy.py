@@ -1,0 +1,102 @@
+"""Policy networks, and the trained policy as users load and run it, without Spark."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+from torch import nn
+
+from ddrl import checkpoint
+from ddrl.envs import EnvInfo
+from ddrl.normalizer import normalize
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+POLICY_WEIGHTS = "policy.safetensors"
+POLICY_SPEC = "policy.json"
+
+
+def mlp(input_dim: int, hidden_sizes: list[int], output_dim: int, activation: str, output_gain: float) -> nn.Sequential:
+    """An MLP with orthogonal initialization (gain sqrt(2) in hidden layers, ``output_gain`` at the output)."""
+    layers: list[nn.Module] = []
+    sizes = [input_dim, *hidden_sizes]
+    for size_in, size_out in zip(sizes, sizes[1:]):
+        layers += [_orthogonal(nn.Linear(size_in, size_out), np.sqrt(2)), ACTIVATIONS[activation]()]
+    layers.append(_orthogonal(nn.Linear(sizes[-1], output_dim), output_gain))
+    return nn.Sequential(*layers)
+
+
+def _orthogonal(layer: nn.Linear, gain: float) -> nn.Linear:
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class Policy:
+    """A deterministic policy: normalize the observation, run the actor, take argmax or the clipped mean."""
+
+    def __init__(
+        self,
+        actor: nn.Module,
+        env: EnvInfo,
+        architecture: dict[str, Any],
+        observation_mean: np.ndarray | None = None,
+        observation_variance: np.ndarray | None = None,
+    ) -> None:
+        self.actor = actor.eval()
+        self.env = env
+        self.architecture = architecture
+        self.observation_mean = observation_mean
+        self.observation_variance = observation_variance
+
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        """The action for one observation, or a batch of actions for a batch of observations."""
+        observation = np.asarray(observation, dtype=np.float32)
+        batch = observation.reshape(-1, self.env.observation_dim)
+        if self.observation_mean is not None:
+            batch = normalize(batch, self.observation_mean, self.observation_variance)
+        with torch.inference_mode():
+            output = self.actor(torch.from_numpy(batch)).numpy()
+        if self.env.discrete:
+            actions = output.argmax(axis=1)
+        else:
+            actions = np.clip(output, self.env.action_low, self.env.action_high).astype(np.float32)
+        return actions if observation.ndim > 1 else actions[0]
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the policy as safetensors weights plus a JSON spec; returns the directory."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {f"actor.{name}": value.detach().numpy() for name, value in self.actor.state_dict().items()}
+        if self.observation_mean is not None:
+            tensors["observation_mean"] = np.asarray(self.observation_mean, dtype=np.float64)
+            tensors["observation_variance"] = np.asarray(self.observation_variance, dtype=np.float64)
+        checkpoint.atomic_write(directory / POLICY_WEIGHTS, lambda path: save_file(tensors, str(path)))
+        spec = {"format": 1, "env": self.env.to_dict(), "architecture": self.architecture}
+        checkpoint.atomic_write(directory / POLICY_SPEC, lambda path: path.write_text(json.dumps(spec, indent=2)))
+        return directory
+
+
+def build_actor(env: EnvInfo, architecture: dict[str, Any]) -> nn.Sequential:
+    return mlp(env.observation_dim, architecture["hidden_sizes"], env.action_dim, architecture["activation"], 0.01)
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Load a saved policy from a run directory or a policy directory; no code runs on load (no pickle)."""
+    directory = Path(path)
+    if (directory / "policy" / POLICY_SPEC).exists():
+        directory = directory / "policy"
+    spec_path = directory / POLICY_SPEC
+    if not spec_path.exists():
+        raise FileNotFoundError(f"no saved policy at {path} (expected {POLICY_SPEC})")
+    spec = json.loads(spec_path.read_text())
+    env = EnvInfo.from_dict(spec["env"])
+    tensors = load_file(str(directory / POLICY_WEIGHTS))
+    actor = build_actor(env, spec["architecture"])
+    prefix = "actor."
+    actor.load_state_dict({name[len(prefix):]: torch.from_numpy(value) for name, value in tensors.items() if name.startswith(prefix)})
+    return Policy(actor, env, spec["architecture"], tensors.get("observation_mean"), tensors.get("observation_variance"))

@@ -1,0 +1,102 @@
+"""A run directory: the resolved config, metrics as Parquet, checkpoints and the final policy.
+
+::
+
+    RUN_DIR/config.yaml                       the resolved config (defaults filled in)
+    RUN_DIR/metrics/iteration-000001.parquet  one row per iteration; read the folder as one table
+    RUN_DIR/checkpoints/                      see ddrl.checkpoint
+    RUN_DIR/policy/                           the final policy (ddrl.load_policy)
+
+Opening a run checks everything (config, env, directory) and writes nothing, so bad input loses nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from pathlib import Path
+from typing import Any, Mapping
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ddrl import checkpoint, config as config_module, envs
+from ddrl.config import Config, ConfigError
+from ddrl.envs import EnvInfo
+
+CONFIG_FILE = "config.yaml"
+METRICS_DIR = "metrics"
+CHECKPOINT_DIR = "checkpoints"
+POLICY_DIR = "policy"
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A validated run, new or resumed, that nothing has been written for yet."""
+
+    config: Config
+    env: EnvInfo
+    directory: Path
+    resumed: bool
+
+    @staticmethod
+    def open(
+        source: str | Path | Mapping[str, Any] | Config | None = None,
+        overrides: list[str] | tuple[str, ...] = (),
+        run_dir: str | Path | None = None,
+        resume: str | Path | None = None,
+    ) -> "Run":
+        """Validate a config (and, to resume, the run directory it must match); raise ``ConfigError``."""
+        if resume is not None:
+            directory = Path(resume)
+            stored_path = directory / CONFIG_FILE
+            if not stored_path.exists():
+                raise ConfigError(f"resume: {directory} is not a ddrl run directory (no {CONFIG_FILE})")
+            stored = config_module.load(stored_path)
+            config = config_module.load(source if source is not None else stored, overrides)
+            if config.fingerprint() != stored.fingerprint():
+                raise ConfigError(f"resume: {directory} belongs to a different config than the one given")
+            return Run(config, envs.describe(config.env), directory, resumed=True)
+        if source is None:
+            raise ConfigError("config: a config is required to start a run")
+        config = config_module.load(source, overrides)
+        env = envs.describe(config.env)
+        directory = Path(run_dir or config.output.run_dir or _default_directory(config))
+        if directory.exists() and any(directory.iterdir()):
+            raise ConfigError(f"output.run_dir: {directory} already holds files; resume it or choose another")
+        return Run(config, env, directory, resumed=False)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.directory / CHECKPOINT_DIR
+
+    @property
+    def policy_directory(self) -> Path:
+        return self.directory / POLICY_DIR
+
+    def create(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        text = config_module.dump(self.config)
+        checkpoint.atomic_write(self.directory / CONFIG_FILE, lambda path: path.write_text(text))
+
+    def write_metrics(self, iteration: int, row: dict[str, Any]) -> None:
+        directory = self.directory / METRICS_DIR
+        directory.mkdir(exist_ok=True)
+        table = pa.Table.from_pylist([row])
+        checkpoint.atomic_write(directory / f"iteration-{iteration:06d}.parquet", lambda path: pq.write_table(table, path))
+
+    def drop_metrics_after(self, iteration: int) -> None:
+        """Forget metrics of iterations a resumed run will repeat, so that none is counted twice."""
+        for path in (self.directory / METRICS_DIR).glob("iteration-*.parquet"):
+            if int(path.stem.split("-")[1]) > iteration:
+                path.unlink()
+
+    def read_metrics(self) -> pa.Table:
+        paths = sorted((self.directory / METRICS_DIR).glob("iteration-*.parquet"))
+        tables = [pq.read_table(path) for path in paths]
+        return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+
+
+def _default_directory(config: Config) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(config.output.root) / f"{config.name}-{stamp}"

@@ -1,0 +1,270 @@
+"""The Spark iteration loop: split, ship, work, merge, update and repeat.
+
+Each iteration the driver broadcasts the algorithm's payload, runs one Spark task per derived seed, merges
+the task results with ``RDD.treeReduce`` (exactly, so the result does not depend on arrival order), applies
+the merged result, evaluates, logs, checkpoints, and destroys the broadcast.  Nothing here knows which
+algorithm runs: see ``ddrl.algorithm`` for the interface.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pyarrow as pa
+
+from ddrl import checkpoint, envs
+from ddrl.algorithm import Algorithm
+from ddrl.config import ALGORITHMS, Config, ConfigError
+from ddrl.merge import Partial, merge
+from ddrl.policy import Policy
+from ddrl.run import Run
+from ddrl.seeding import Stream, derive_seed, seed_everything
+
+log = logging.getLogger("ddrl")
+
+
+class TrainingError(RuntimeError):
+    """Training stopped: a task kept failing, or every task's result was rejected."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What ``train`` returns: the final policy, where the run lives, and how it went."""
+
+    policy: Policy
+    run_dir: Path
+    metrics: pa.Table
+    """One row per iteration (also in RUN_DIR/metrics as Parquet)."""
+    iterations: int
+    env_steps: int
+    eval_return_mean: float
+    eval_return_std: float
+    solved: bool
+    """Whether the final evaluation reached the target return (None target: never)."""
+    wall_seconds: float
+
+
+def train(
+    spark: Any,
+    config: str | Path | Mapping[str, Any] | Config | Run,
+    *,
+    overrides: list[str] | tuple[str, ...] = (),
+    run_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+) -> TrainResult:
+    """Train on the given SparkSession (never created or stopped here) and return the result.
+
+    ``config`` is a YAML path, a dict, a ``Config``, or a ``Run`` already opened; ``overrides`` are
+    ``key.path=value`` strings.  ``resume`` continues the run in that directory from its latest checkpoint.
+    """
+    started = time.perf_counter()
+    run = config if isinstance(config, Run) else Run.open(config, overrides, run_dir, resume)
+    spark_context = _spark_context(spark)
+    _ship_package(spark_context)
+    algorithm: Algorithm = importlib.import_module(ALGORITHMS[run.config.algo]).build(run.config, run.env)
+    return _Loop(run, algorithm, spark_context, started).train()
+
+
+def _spark_context(spark: Any) -> Any:
+    try:
+        return spark.sparkContext
+    except Exception as error:  # Spark Connect raises PySparkNotImplementedError (JVM_ATTRIBUTE_NOT_SUPPORTED)
+        raise ConfigError(
+            "spark: this session has no SparkContext (Spark Connect, Databricks serverless or shared access mode); "
+            "ddrl needs the RDD API: use classic or single-user compute"
+        ) from error
+
+
+_SHIPPED: set[str] = set()
+
+
+def _ship_package(spark_context: Any) -> None:
+    """Make ``ddrl`` importable on executors when it is not installed there: zip it and ``addPyFile`` it."""
+    package_dir = Path(__file__).resolve().parent
+    if "site-packages" in package_dir.parts or spark_context.applicationId in _SHIPPED:
+        return
+    archive_dir = Path(tempfile.mkdtemp(prefix="ddrl-package-"))
+    archive = shutil.make_archive(str(archive_dir / "ddrl"), "zip", package_dir.parent, package_dir.name)
+    spark_context.addPyFile(archive)
+    _SHIPPED.add(spark_context.applicationId)
+
+
+def _run_task(algorithm: Algorithm, payload: Any, task: tuple[int, int]) -> Partial:
+    """Executor side: one task, reseeded from its own seed so that a retry returns the same bytes."""
+    index, seed = task
+    _limit_threads()
+    seed_everything(seed)
+    return Partial.of_task(index, algorithm.run_task(payload.value, seed))
+
+
+def _limit_threads() -> None:
+    """Give torch the task's CPUs (spark.task.cpus), not every core of the machine."""
+    import torch
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    cpus = context.cpus() if context is not None else 1
+    if torch.get_num_threads() != cpus:
+        torch.set_num_threads(cpus)
+
+
+class _Loop:
+    """The driver's iteration loop over one run."""
+
+    def __init__(self, run: Run, algorithm: Algorithm, spark_context: Any, started: float) -> None:
+        self.run = run
+        self.config = run.config
+        self.algorithm = algorithm
+        self.spark_context = spark_context
+        self.started = started
+
+    def train(self) -> TrainResult:
+        run, config = self.run, self.config
+        state, iteration, env_steps, finished = self._initial_state()
+        target = config.train.target_return if config.train.target_return is not None else run.env.reward_threshold
+        recent_rates: list[float] = []
+        while not finished:
+            iteration_started = time.perf_counter()
+            state, metrics = self._iteration(state, iteration)
+            iteration += 1
+            env_steps += metrics["env_steps"]
+            evaluate_now = iteration % config.train.eval_every == 0
+            if evaluate_now:
+                returns, _ = self._evaluate(self.algorithm.policy(state), iteration, 0, config.train.eval_episodes)
+                metrics["eval_return_mean"], metrics["eval_return_std"] = float(returns.mean()), float(returns.std())
+            solved = evaluate_now and target is not None and metrics["eval_return_mean"] >= target
+            finished = env_steps >= config.train.total_env_steps or (solved and config.train.stop_at_target)
+            if iteration % config.output.checkpoint_every == 0 or finished:
+                self._checkpoint(state, iteration, env_steps, finished)
+            metrics["iteration_s"] = time.perf_counter() - iteration_started
+            metrics["driver_s"] = metrics["iteration_s"] - metrics["broadcast_s"] - metrics["tasks_s"]
+            metrics["steps_per_s"] = metrics["env_steps"] / metrics["iteration_s"]
+            metrics["env_steps"] = env_steps
+            metrics["wall_s"] = time.perf_counter() - self.started
+            run.write_metrics(iteration, {"iteration": iteration, **metrics})
+            recent_rates = (recent_rates + [metrics["steps_per_s"]])[-5:]
+            self._log_progress(iteration, env_steps, metrics, float(np.median(recent_rates)))
+
+        policy = self.algorithm.policy(state)
+        policy.save(run.policy_directory)
+        returns, _ = self._evaluate(policy, iteration, 1, config.train.final_eval_episodes)
+        return TrainResult(
+            policy=policy,
+            run_dir=run.directory,
+            metrics=run.read_metrics(),
+            iterations=iteration,
+            env_steps=env_steps,
+            eval_return_mean=float(returns.mean()),
+            eval_return_std=float(returns.std()),
+            solved=target is not None and float(returns.mean()) >= target,
+            wall_seconds=time.perf_counter() - self.started,
+        )
+
+    def _initial_state(self) -> tuple[dict[str, np.ndarray], int, int, bool]:
+        run = self.run
+        if not run.resumed:
+            run.create()
+            return self.algorithm.initial_state(), 0, 0, False
+        loaded = checkpoint.load_latest(run.checkpoints)
+        if loaded is None:
+            log.info("no valid checkpoint in %s: starting from iteration 0", run.directory)
+            run.drop_metrics_after(0)
+            return self.algorithm.initial_state(), 0, 0, False
+        state, meta = loaded
+        expected = self.algorithm.initial_state()
+        if {key: value.shape for key, value in state.items()} != {key: value.shape for key, value in expected.items()}:
+            raise ConfigError(f"resume: the checkpoint in {run.checkpoints} does not fit this config's policy shape")
+        run.drop_metrics_after(meta["iteration"])
+        log.info("resuming %s after iteration %d (%d env steps)", run.directory, meta["iteration"], meta["env_steps"])
+        return state, meta["iteration"], meta["env_steps"], meta.get("finished", False)
+
+    def _iteration(self, state: dict[str, np.ndarray], iteration: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        config, spark_context = self.config, self.spark_context
+        timer = time.perf_counter()
+        payload = spark_context.broadcast(self.algorithm.task_payload(state, iteration))
+        broadcast_seconds = time.perf_counter() - timer
+
+        timer = time.perf_counter()
+        num_tasks = config.spark.num_tasks
+        tasks = [(index, derive_seed(config.seed, iteration, index)) for index in range(num_tasks)]
+        algorithm = self.algorithm
+        try:
+            partial = (
+                spark_context.parallelize(tasks, num_tasks)
+                .map(lambda task: _run_task(algorithm, payload, task))
+                .treeReduce(merge, depth=config.spark.tree_depth)
+            )
+        except Exception as error:
+            raise TrainingError(f"iteration {iteration + 1}: a task failed after Spark's retries: {_root_cause(error)}") from error
+        finally:
+            payload.destroy()  # the job is over: free the driver's temp file and the executors' copies
+        tasks_seconds = time.perf_counter() - timer
+
+        result = partial.finish()
+        for index, reason in result.rejected.items():
+            log.warning("iteration %d: rejected the result of task %d: %s", iteration + 1, index, reason)
+        if not result.tasks:
+            raise TrainingError(f"iteration {iteration + 1}: every task's result was rejected ({result.rejected[0]})")
+        state, algorithm_metrics = self.algorithm.apply(state, result, iteration)
+
+        env_steps = int(sum(task["env_steps"] for task in result.tasks))
+        episode_returns = np.concatenate([task["episode_returns"] for task in result.tasks])
+        metrics = {
+            "env_steps": env_steps,
+            "episodes": len(episode_returns),
+            "episode_return_mean": float(episode_returns.mean()) if len(episode_returns) else math.nan,
+            "episode_return_min": float(episode_returns.min()) if len(episode_returns) else math.nan,
+            "episode_return_max": float(episode_returns.max()) if len(episode_returns) else math.nan,
+            "eval_return_mean": math.nan,
+            "eval_return_std": math.nan,
+            **algorithm_metrics,
+            "rejected_tasks": len(result.rejected),
+            "broadcast_s": broadcast_seconds,
+            "tasks_s": tasks_seconds,
+            "merge_s": partial.merge_seconds,
+        }
+        return state, metrics
+
+    def _evaluate(self, policy: Policy, iteration: int, index: int, episodes: int) -> tuple[np.ndarray, np.ndarray]:
+        seed = derive_seed(self.config.seed, iteration, index, Stream.EVALUATION)
+        return envs.evaluate(policy.act, self.config.env, episodes, seed % 2**31)
+
+    def _checkpoint(self, state: dict[str, np.ndarray], iteration: int, env_steps: int, finished: bool) -> None:
+        meta = {"env_steps": env_steps, "fingerprint": self.config.fingerprint(), "finished": finished}
+        checkpoint.save(self.run.checkpoints, iteration, state, meta, self.config.output.keep_checkpoints)
+
+    def _log_progress(self, iteration: int, env_steps: int, metrics: dict[str, Any], steps_per_second: float) -> None:
+        remaining = max(self.config.train.total_env_steps - env_steps, 0)
+        log.info(
+            "iter %4d | steps %9d | return %8.1f | eval %8.1f | %7.0f steps/s | %5.2fs | ETA to budget %s",
+            iteration,
+            env_steps,
+            metrics["episode_return_mean"],
+            metrics["eval_return_mean"],
+            metrics["steps_per_s"],
+            metrics["iteration_s"],
+            _duration(remaining / steps_per_second if steps_per_second > 0 else math.inf),
+        )
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes}m{seconds:02d}s"
+
+
+def _root_cause(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "Exception" in line]
+    return (errors[-1] if errors else lines[-1] if lines else type(error).__name__)[:500]
+
