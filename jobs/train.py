@@ -1,0 +1,70 @@
+"""Train a policy from a YAML config: ``./spark-submit.sh jobs/train.py --config conf/cartpole_ppo.yaml``.
+
+The config is validated (and the env built once) before Spark starts; a bad config stops with one line and
+exit code 2.  Prints one progress line per iteration, then the final evaluation, env steps and wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+import ddrl
+from ddrl.run import Run
+
+STARTED_AT = float(os.environ.get("DDRL_STARTED_AT", time.time()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="YAML config (optional with --resume: the run's own config)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. ppo.learning_rate=0.001")
+    parser.add_argument("--run-dir", help="run directory (default: output.root/<name>-<timestamp>)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    parser.add_argument("--verbose", action="store_true", help="show Spark's own log lines")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
+
+    try:
+        run = Run.open(args.config, args.set, args.run_dir, args.resume)
+    except ddrl.ConfigError as error:
+        print(f"ddrl: {error}", file=sys.stderr)
+        return 2
+
+    spark = build_spark_session(run.config.name, args.verbose)
+    try:
+        result = ddrl.train(spark, run)
+    except ddrl.TrainingError as error:
+        print(f"ddrl: training stopped: {error}. The last checkpoint in {run.directory} is valid: "
+              f"continue with --resume {run.directory}", file=sys.stderr)
+        return 1
+    finally:
+        spark.stop()
+
+    verdict = "solved" if result.solved else "not solved"
+    print(f"final evaluation: {result.eval_return_mean:.1f} +- {result.eval_return_std:.1f} over "
+          f"{run.config.train.final_eval_episodes} episodes ({verdict})")
+    print(f"env steps: {result.env_steps} in {result.iterations} iterations")
+    print(f"wall time: {time.time() - STARTED_AT:.1f} s, whole process")
+    print(f"run directory: {result.run_dir}")
+    return 0
+
+
+def build_spark_session(name: str, verbose: bool):
+    """The job's own session: spark-submit's master if it set one, else $DDRL_MASTER or local[*]."""
+    from pyspark import SparkConf
+    from pyspark.sql import SparkSession
+
+    conf = SparkConf()
+    if not conf.contains("spark.master"):
+        conf.setMaster(os.environ.get("DDRL_MASTER", "local[*]"))
+    spark = SparkSession.builder.appName(f"ddrl-{name}").config(conf=conf).getOrCreate()
+    spark.sparkContext.setLogLevel("INFO" if verbose else "ERROR")
+    return spark
+
+
+if __name__ == "__main__":
+    sys.exit(main())
