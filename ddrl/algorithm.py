@@ -3,7 +3,8 @@
 The loop knows nothing of the algorithm's math, the algorithm nothing of Spark.  Per iteration the loop:
 
 1. asks ``task_payload(state, iteration)`` for what every task needs, and broadcasts it;
-2. runs ``run_task(payload, seed)`` in each Spark task, with a seed derived from (run seed, iteration, task);
+2. runs ``run_task(payload, task_index, seed)`` in each Spark task, the seed derived from (run seed,
+   iteration, task index);
 3. merges the tasks' ``TaskOutput``s exactly (``ddrl.merge``) with ``RDD.treeReduce``;
 4. calls ``apply(state, merged, iteration)`` on the driver for the next state and the iteration's metrics.
 
@@ -26,7 +27,7 @@ class Algorithm(Protocol):
     def task_payload(self, state: State, iteration: int) -> dict[str, Any]:
         """What every task of ``iteration`` needs from the driver (broadcast once per iteration)."""
 
-    def run_task(self, payload: dict[str, Any], seed: int) -> TaskOutput:
+    def run_task(self, payload: dict[str, Any], task_index: int, seed: int) -> TaskOutput:
         """One task's work; runs on an executor and must be a pure function of its arguments."""
 
     def apply(self, state: State, result: MergedResult, iteration: int) -> tuple[State, dict[str, float]]:

@@ -208,7 +208,7 @@ class PPO:
         )
 
     # ---- executor side -------------------------------------------------------------------------------------
-    def run_task(self, payload: dict[str, Any], seed: int) -> TaskOutput:
+    def run_task(self, payload: dict[str, Any], task_index: int, seed: int) -> TaskOutput:
         hp, num_envs = self.hp, self.config.env.num_envs
         vector_env, model, optimizer = self._worker_objects()
         load_flat_parameters(model, payload["params"])

@@ -103,7 +103,7 @@ def _run_task(algorithm: Algorithm, payload: Any, task: tuple[int, int]) -> Part
     index, seed = task
     _limit_threads()
     seed_everything(seed)
-    return Partial.of_task(index, algorithm.run_task(payload.value, seed))
+    return Partial.of_task(index, algorithm.run_task(payload.value, index, seed))
 
 
 def _limit_threads() -> None:

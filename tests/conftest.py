@@ -1,0 +1,49 @@
+"""Shared fixtures: one real SparkSession for the whole test session (local[2,2]: 2 cores, 2 attempts per task)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def spark():
+    # Executors start Python workers from PYSPARK_PYTHON and inherit PYTHONPATH, not the driver's cwd.
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
+    from pyspark.sql import SparkSession
+
+    session = (
+        SparkSession.builder.master("local[2,2]")
+        .appName("ddrl-tests")
+        .config("spark.python.worker.reuse", "true")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.executorEnv.OMP_NUM_THREADS", "1")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+def small_ppo_config(tmp_path: Path, **sections) -> dict:
+    """A CartPole PPO config small enough for a test iteration to take well under a second."""
+    config = {
+        "name": "test",
+        "seed": 7,
+        "algo": "ppo",
+        "env": {"id": "CartPole-v1", "num_envs": 4},
+        "spark": {"num_tasks": 2, "tree_depth": 2},
+        "train": {"total_env_steps": 4 * 64 * 2 * 3, "eval_every": 1, "eval_episodes": 2, "final_eval_episodes": 2},
+        "output": {"root": str(tmp_path), "checkpoint_every": 1},
+        "ppo": {"num_steps": 64, "update_epochs": 2, "num_minibatches": 2},
+    }
+    for section, values in sections.items():
+        config[section] = {**config.get(section, {}), **values} if isinstance(values, dict) else values
+    return config
