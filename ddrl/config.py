@@ -43,8 +43,7 @@ class SparkConfig(StrictModel):
 class TrainConfig(StrictModel):
     total_env_steps: int = Field(ge=1, description="Step budget: training stops once this many env steps ran.")
     target_return: float | None = Field(None, description="Evaluation mean that counts as solved; the env's reward_threshold by default.")
-    stop_at_target: bool = Field(True, description="Stop once evaluations reach target_return (see solved_evaluations).")
-    solved_evaluations: int = Field(2, ge=1, description="Consecutive evaluations at or above target_return that count as solved.")
+    stop_at_target: bool = Field(True, description="Stop as soon as an evaluation reaches target_return.")
     eval_every: int = Field(1, ge=1, description="Evaluate the policy every this many iterations.")
     eval_episodes: int = Field(10, ge=1, description="Episodes per evaluation during training.")
     final_eval_episodes: int = Field(20, ge=1, description="Episodes of the final evaluation.")
