@@ -16,7 +16,8 @@ Both search directly in parameter space with mirrored (antithetic) Gaussian pert
    * ARS V2-t keeps the b = ``top_directions`` directions with the largest max(R+_k, R-_k) and steps
      theta += alpha / (b sigma_R) * sum_k (R+_k - R-_k) eps_k, sigma_R the std of those 2b returns.
 
-   Either way it then folds the tasks' observation moments into the normalizer (Chan et al., in task order).
+   Either way the noise is regenerated from the seeds: N x n random normals per iteration on the driver for
+   n parameters.  It then folds the tasks' observation moments into the normalizer (Chan et al., task order).
 
 Policies are ``ddrl.policy`` MLPs (``hidden_sizes: []`` is ARS's linear policy, started at zero), acting
 deterministically: argmax for Discrete actions, the clipped output for Box.  Rollouts step a whole vector env
@@ -36,7 +37,7 @@ from pydantic import Field, model_validator
 
 from ddrl import envs as envs_module
 from ddrl.checkpoint import State
-from ddrl.config import Config, StrictModel
+from ddrl.config import Config, ConfigError, StrictModel
 from ddrl.envs import EnvInfo
 from ddrl.merge import MergedResult, TaskOutput
 from ddrl.normalizer import Moments, normalize
@@ -75,7 +76,11 @@ class Hyperparameters(StrictModel):
 
 
 def perturbation_seeds(run_seed: int, iteration: int, num_directions: int) -> list[int]:
-    """The seed of each perturbation direction of an iteration: derive_seed(run seed, iteration, k)."""
+    """The seed of each perturbation direction of an iteration: derive_seed(run seed, iteration, k).
+
+    For k < num_tasks these equal the trainer's task seeds (same stream); a task seed only reseeds the global
+    generators, which ES never draws from, so the two uses do not interact.
+    """
     return [derive_seed(run_seed, iteration, k, Stream.TASK) for k in range(num_directions)]
 
 
@@ -186,18 +191,25 @@ class EvolutionStrategy(abc.ABC):
         }
 
     def task_payload(self, state: State, iteration: int) -> dict[str, Any]:
+        """theta, the iteration's direction seeds, the normalizer and the episode cap: O(parameters + N)."""
         obs = _moments_from_state(state)
-        mean_length = float(state["mean_episode_length"])
-        cap = math.ceil(self.hp.episode_cap_factor * mean_length) if self.hp.episode_cap_factor and mean_length > 0 else 0
         return {
             "params": state["params"],
             "perturbation_seeds": perturbation_seeds(self.config.seed, iteration, self.hp.num_directions),
             "obs_mean": obs.mean,
             "obs_variance": obs.variance,
-            "episode_step_cap": cap,
+            "episode_step_cap": self._episode_step_cap(state),
         }
 
+    def _episode_step_cap(self, state: State) -> int:
+        """episode_cap_factor x last iteration's mean episode length, rounded up; 0 (no cap) when off or unknown."""
+        mean_length = float(state["mean_episode_length"])
+        if self.hp.episode_cap_factor is None or mean_length == 0:
+            return 0
+        return math.ceil(self.hp.episode_cap_factor * mean_length)
+
     def apply(self, state: State, result: MergedResult, iteration: int) -> tuple[State, dict[str, float]]:
+        """Gather the directions' returns in task order, step theta, fold in the observation moments."""
         tasks = result.tasks
         seeds = np.concatenate([task["seeds"] for task in tasks])
         returns_pos = np.concatenate([task["returns_pos"] for task in tasks])
@@ -223,7 +235,7 @@ class EvolutionStrategy(abc.ABC):
             population_return_std=float(population.std()),
             update_norm=float(np.linalg.norm(params - state["params"])),
             directions=float(len(seeds)),
-            episode_step_cap=float(tasks[0]["episode_step_cap"]),
+            episode_step_cap=float(self._episode_step_cap(state)),
             rollout_s=float(np.mean([task["rollout_s"] for task in tasks])),
         )
         return new_state, metrics
@@ -239,6 +251,7 @@ class EvolutionStrategy(abc.ABC):
         """The parameter step from the directions' seeds and returns, the new update-rule state, metrics."""
 
     def policy(self, state: State) -> Policy:
+        """theta as a ``ddrl.policy.Policy`` (the same actor ``ddrl.load_policy`` rebuilds)."""
         actor = build_actor(self.env, self.architecture)
         torch.nn.utils.vector_to_parameters(torch.as_tensor(state["params"], dtype=torch.float32), actor.parameters())
         obs = _moments_from_state(state)
@@ -247,7 +260,14 @@ class EvolutionStrategy(abc.ABC):
 
     # ---- executor side -------------------------------------------------------------------------------------
     def run_task(self, payload: dict[str, Any], task_index: int, seed: int) -> TaskOutput:
-        """Evaluate this task's slice of the directions, both halves, on shared env seeds."""
+        """Evaluate this task's slice of the directions, both halves on the same env seeds.
+
+        Directions run in waves of ``num_envs``, one per sub-env; a wave resets the vector env with a seed
+        derived from its first direction's seed and the episode number, and its mirrored wave resets with the
+        same seed, so direction k meets the same start states with +eps_k and -eps_k.  Start states thus
+        depend on the config (num_envs, num_tasks, num_directions) and the run seed, never on the executor.
+        The task seed is not needed: all randomness comes from the direction seeds.
+        """
         hp = self.hp
         started = time.perf_counter()
         all_seeds = payload["perturbation_seeds"]
@@ -285,7 +305,6 @@ class EvolutionStrategy(abc.ABC):
                 "obs_count": obs_moments.count,
                 "obs_mean": obs_moments.mean,
                 "obs_m2": obs_moments.m2,
-                "episode_step_cap": payload["episode_step_cap"],
                 "rollout_s": time.perf_counter() - started,
             },
             env_steps=int(lengths.sum()),
@@ -392,4 +411,9 @@ def _moments_from_state(state: State) -> Moments:
 
 def build(config: Config, env: EnvInfo) -> EvolutionStrategy:
     """The algorithm of the config's ``es.variant``."""
+    if config.hyperparameters.num_directions < config.spark.num_tasks:
+        raise ConfigError(
+            f"es.num_directions: {config.hyperparameters.num_directions} directions cannot keep "
+            f"spark.num_tasks={config.spark.num_tasks} tasks busy; use at least as many directions as tasks"
+        )
     return ARS(config, env) if config.hyperparameters.variant == "ars" else OpenAIES(config, env)
