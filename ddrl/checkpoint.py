@@ -44,12 +44,12 @@ def save(directory: Path, iteration: int, state: State, meta: dict[str, Any], ke
     directory.mkdir(parents=True, exist_ok=True)
     name = f"ckpt-{iteration:06d}"
     arrays_path = directory / f"{name}.safetensors"
-    arrays = {key: np.ascontiguousarray(value) for key, value in state.items()}
+    arrays = {key: np.array(value, order="C") for key, value in state.items()}
     atomic_write(arrays_path, lambda path: save_file(arrays, str(path)))
     sidecar = {**meta, "iteration": iteration, "sha256": _sha256(arrays_path)}
     atomic_write(directory / f"{name}.json", lambda path: path.write_text(json.dumps(sidecar, indent=2)))
     atomic_write(directory / "latest.json", lambda path: path.write_text(json.dumps({"checkpoint": name})))
-    for old in sorted(directory.glob("ckpt-*.json"))[:-keep]:
+    for old in _sidecars_oldest_first(directory)[:-keep]:
         old.unlink()
         old.with_suffix(".safetensors").unlink(missing_ok=True)
     return arrays_path
@@ -57,7 +57,7 @@ def save(directory: Path, iteration: int, state: State, meta: dict[str, Any], ke
 
 def load_latest(directory: Path) -> tuple[State, dict[str, Any]] | None:
     """The newest checkpoint whose checksum verifies, with its sidecar; None if there is none."""
-    for sidecar_path in sorted(directory.glob("ckpt-*.json"), reverse=True):
+    for sidecar_path in reversed(_sidecars_oldest_first(directory)):
         arrays_path = sidecar_path.with_suffix(".safetensors")
         try:
             sidecar = json.loads(sidecar_path.read_text())
@@ -67,6 +67,10 @@ def load_latest(directory: Path) -> tuple[State, dict[str, Any]] | None:
         except (ValueError, KeyError, OSError) as error:
             log.warning("skipping damaged checkpoint %s: %s", arrays_path.name, error)
     return None
+
+
+def _sidecars_oldest_first(directory: Path) -> list[Path]:
+    return sorted(directory.glob("ckpt-*.json"), key=lambda path: int(path.stem.removeprefix("ckpt-")))
 
 
 def _sha256(path: Path) -> str:

@@ -10,6 +10,7 @@ import copy
 import hashlib
 import importlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -43,7 +44,8 @@ class SparkConfig(StrictModel):
 class TrainConfig(StrictModel):
     total_env_steps: int = Field(ge=1, description="Step budget: training stops once this many env steps ran.")
     target_return: float | None = Field(None, description="Evaluation mean that counts as solved; the env's reward_threshold by default.")
-    stop_at_target: bool = Field(True, description="Stop as soon as an evaluation reaches target_return.")
+    stop_at_target: bool = Field(True, description="Stop once evaluations reach target_return (see solved_evaluations).")
+    solved_evaluations: int = Field(2, ge=1, description="Consecutive evaluations at or above target_return that count as solved.")
     eval_every: int = Field(1, ge=1, description="Evaluate the policy every this many iterations.")
     eval_episodes: int = Field(10, ge=1, description="Episodes per evaluation during training.")
     final_eval_episodes: int = Field(20, ge=1, description="Episodes of the final evaluation.")
@@ -133,7 +135,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except OSError as error:
         raise ConfigError(f"config file {path} cannot be read: {error.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -148,7 +150,7 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
     if not separator or not key:
         raise ConfigError(f"override {override!r}: expected key.path=value")
     try:
-        value = yaml.safe_load(raw_value)
+        value = yaml.load(raw_value, Loader=_Loader)
     except yaml.YAMLError:
         raise ConfigError(f"override {key}: value {raw_value!r} is not valid YAML") from None
     *parents, leaf = key.split(".")
@@ -159,6 +161,24 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
             raise ConfigError(f"override {key}: {part} is not a section")
         node = child
     node[leaf] = value
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, also reading YAML 1.2 floats without a dot such as ``3e-4`` as numbers."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
 
 
 def dump(config: Config) -> str:

@@ -46,10 +46,10 @@ def describe(env: EnvConfig) -> EnvInfo:
     except gym.error.DependencyNotInstalled as error:
         raise ConfigError(f"env.id: {env.id} needs a missing dependency: {error}") from None
     except TypeError as error:
-        raise ConfigError(f"env.kwargs: {env.id} rejected them: {error}") from None
+        raise ConfigError(f"env.kwargs: {env.id} rejected them: {_one_line(error)}") from None
     except Exception as error:  # an env's constructor may raise anything
         field = "env.kwargs" if env.kwargs else "env.id"
-        raise ConfigError(f"{field}: {env.id} could not be created: {type(error).__name__}: {error}") from None
+        raise ConfigError(f"{field}: {env.id} could not be created: {type(error).__name__}: {_one_line(error)}") from None
     try:
         observation_space, action_space = single.observation_space, single.action_space
         threshold = single.spec.reward_threshold if single.spec is not None else None
@@ -111,6 +111,10 @@ def evaluate(
         return returns, lengths
     finally:
         vector_env.close()
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 def _make_kwargs(env: EnvConfig) -> dict[str, Any]:

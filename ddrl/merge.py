@@ -43,15 +43,23 @@ def to_limbs(values: np.ndarray) -> np.ndarray:
 def from_limbs(limbs: np.ndarray) -> np.ndarray:
     """The float64 nearest (up to one rounding per limb) to the exact value the limbs hold.
 
-    Carries are normalised first, so equal exact totals give equal limbs and therefore equal floats.
+    Carries are normalised first, so equal exact totals give equal limbs and therefore equal floats.  A
+    negative total is converted through its magnitude: ``-1 + 0.99999...`` would cancel the low bits.
     """
+    negative = _carry(limbs)[0] < 0
+    whole, high, low = _carry(np.where(negative, -limbs, limbs))
+    magnitude = whole.astype(np.float64) + (high.astype(np.float64) + low.astype(np.float64) / _LIMB_SCALE) / _LIMB_SCALE
+    return np.where(negative, -magnitude, magnitude)
+
+
+def _carry(limbs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Move carries up so that both fraction limbs lie in [0, 2**40); the exact value is unchanged."""
     whole, high, low = (limb.copy() for limb in limbs)
     high += low >> _LIMB_BITS
     low &= (1 << _LIMB_BITS) - 1
     whole += high >> _LIMB_BITS
     high &= (1 << _LIMB_BITS) - 1
-    fraction = (high.astype(np.float64) + low.astype(np.float64) / _LIMB_SCALE) / _LIMB_SCALE
-    return whole.astype(np.float64) + fraction
+    return whole, high, low
 
 
 @dataclasses.dataclass
@@ -139,7 +147,7 @@ class MergedResult:
 
 
 def _non_finite(output: TaskOutput) -> str | None:
-    named = list(output.weighted.items()) + list(output.records.items())
+    named = [*output.weighted.items(), *output.records.items(), ("episode_returns", output.episode_returns)]
     for name, value in named:
         array = np.asarray(value)
         if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):

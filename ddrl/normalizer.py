@@ -29,6 +29,8 @@ class Moments:
     def of(samples: np.ndarray) -> "Moments":
         """Moments of a batch (samples along the first axis)."""
         samples = np.asarray(samples, dtype=np.float64)
+        if len(samples) == 0:
+            return Moments.empty(samples.shape[1:])
         mean = samples.mean(axis=0)
         return Moments(float(len(samples)), mean, ((samples - mean) ** 2).sum(axis=0))
 

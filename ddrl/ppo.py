@@ -100,7 +100,7 @@ def flat_parameters(module: nn.Module) -> np.ndarray:
 
 
 def load_flat_parameters(module: nn.Module, flat: np.ndarray) -> None:
-    nn.utils.vector_to_parameters(torch.as_tensor(flat, dtype=torch.float32), module.parameters())
+    nn.utils.vector_to_parameters(torch.tensor(flat, dtype=torch.float32), module.parameters())
 
 
 def compute_gae(
@@ -356,7 +356,8 @@ class PPO:
         if key not in _WORKER_CACHE:
             _WORKER_CACHE.clear()  # one config at a time: a worker that moves on frees the old envs
             vector_env = envs_module.make_vector_env(self.config.env, self.config.env.num_envs)
-            model = ActorCritic(self.env, self.hp)
+            with torch.random.fork_rng():  # the task's seeded generator must not depend on a cold or warm cache
+                model = ActorCritic(self.env, self.hp)
             optimizer = torch.optim.Adam(model.parameters(), lr=self.hp.learning_rate, eps=self.hp.adam_eps)
             _WORKER_CACHE[key] = (vector_env, model, optimizer)
         return _WORKER_CACHE[key]

@@ -117,6 +117,17 @@ def _limit_threads() -> None:
         torch.set_num_threads(cpus)
 
 
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """Where a run stands after its last completed iteration; checkpoints carry it."""
+
+    iteration: int = 0
+    env_steps: int = 0
+    solved_streak: int = 0
+    """Consecutive evaluations at or above the target return."""
+    finished: bool = False
+
+
 class _Loop:
     """The driver's iteration loop over one run."""
 
@@ -129,22 +140,25 @@ class _Loop:
 
     def train(self) -> TrainResult:
         run, config = self.run, self.config
-        state, iteration, env_steps, finished = self._initial_state()
+        state, progress = self._initial_state()
         target = config.train.target_return if config.train.target_return is not None else run.env.reward_threshold
         recent_rates: list[float] = []
-        while not finished:
+        while not progress.finished:
             iteration_started = time.perf_counter()
-            state, metrics = self._iteration(state, iteration)
-            iteration += 1
-            env_steps += metrics["env_steps"]
-            evaluate_now = iteration % config.train.eval_every == 0
-            if evaluate_now:
+            state, metrics = self._iteration(state, progress.iteration)
+            iteration = progress.iteration + 1
+            env_steps = progress.env_steps + metrics["env_steps"]
+            solved_streak = progress.solved_streak
+            if iteration % config.train.eval_every == 0:
                 returns, _ = self._evaluate(self.algorithm.policy(state), iteration, 0, config.train.eval_episodes)
                 metrics["eval_return_mean"], metrics["eval_return_std"] = float(returns.mean()), float(returns.std())
-            solved = evaluate_now and target is not None and metrics["eval_return_mean"] >= target
-            finished = env_steps >= config.train.total_env_steps or (solved and config.train.stop_at_target)
-            if iteration % config.output.checkpoint_every == 0 or finished:
-                self._checkpoint(state, iteration, env_steps, finished)
+                if target is not None:
+                    solved_streak = solved_streak + 1 if metrics["eval_return_mean"] >= target else 0
+            solved = solved_streak >= config.train.solved_evaluations and config.train.stop_at_target
+            progress = Progress(iteration, env_steps, solved_streak, solved or env_steps >= config.train.total_env_steps)
+            if iteration % config.output.checkpoint_every == 0 or progress.finished:
+                meta = {**dataclasses.asdict(progress), "fingerprint": config.fingerprint()}
+                checkpoint.save(run.checkpoints, iteration, state, meta, config.output.keep_checkpoints)
             metrics["iteration_s"] = time.perf_counter() - iteration_started
             metrics["driver_s"] = metrics["iteration_s"] - metrics["broadcast_s"] - metrics["tasks_s"]
             metrics["steps_per_s"] = metrics["env_steps"] / metrics["iteration_s"]
@@ -156,36 +170,37 @@ class _Loop:
 
         policy = self.algorithm.policy(state)
         policy.save(run.policy_directory)
-        returns, _ = self._evaluate(policy, iteration, 1, config.train.final_eval_episodes)
+        returns, _ = self._evaluate(policy, progress.iteration, 1, config.train.final_eval_episodes)
         return TrainResult(
             policy=policy,
             run_dir=run.directory,
             metrics=run.read_metrics(),
-            iterations=iteration,
-            env_steps=env_steps,
+            iterations=progress.iteration,
+            env_steps=progress.env_steps,
             eval_return_mean=float(returns.mean()),
             eval_return_std=float(returns.std()),
             solved=target is not None and float(returns.mean()) >= target,
             wall_seconds=time.perf_counter() - self.started,
         )
 
-    def _initial_state(self) -> tuple[dict[str, np.ndarray], int, int, bool]:
+    def _initial_state(self) -> tuple[dict[str, np.ndarray], "Progress"]:
         run = self.run
         if not run.resumed:
             run.create()
-            return self.algorithm.initial_state(), 0, 0, False
+            return self.algorithm.initial_state(), Progress()
         loaded = checkpoint.load_latest(run.checkpoints)
         if loaded is None:
             log.info("no valid checkpoint in %s: starting from iteration 0", run.directory)
             run.drop_metrics_after(0)
-            return self.algorithm.initial_state(), 0, 0, False
+            return self.algorithm.initial_state(), Progress()
         state, meta = loaded
         expected = self.algorithm.initial_state()
         if {key: value.shape for key, value in state.items()} != {key: value.shape for key, value in expected.items()}:
             raise ConfigError(f"resume: the checkpoint in {run.checkpoints} does not fit this config's policy shape")
-        run.drop_metrics_after(meta["iteration"])
-        log.info("resuming %s after iteration %d (%d env steps)", run.directory, meta["iteration"], meta["env_steps"])
-        return state, meta["iteration"], meta["env_steps"], meta.get("finished", False)
+        progress = Progress(meta["iteration"], meta["env_steps"], meta["solved_streak"], meta["finished"])
+        run.drop_metrics_after(progress.iteration)
+        log.info("resuming %s after iteration %d (%d env steps)", run.directory, progress.iteration, progress.env_steps)
+        return state, progress
 
     def _iteration(self, state: dict[str, np.ndarray], iteration: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         config, spark_context = self.config, self.spark_context
@@ -237,10 +252,6 @@ class _Loop:
     def _evaluate(self, policy: Policy, iteration: int, index: int, episodes: int) -> tuple[np.ndarray, np.ndarray]:
         seed = derive_seed(self.config.seed, iteration, index, Stream.EVALUATION)
         return envs.evaluate(policy.act, self.config.env, episodes, seed % 2**31)
-
-    def _checkpoint(self, state: dict[str, np.ndarray], iteration: int, env_steps: int, finished: bool) -> None:
-        meta = {"env_steps": env_steps, "fingerprint": self.config.fingerprint(), "finished": finished}
-        checkpoint.save(self.run.checkpoints, iteration, state, meta, self.config.output.keep_checkpoints)
 
     def _log_progress(self, iteration: int, env_steps: int, metrics: dict[str, Any], steps_per_second: float) -> None:
         remaining = max(self.config.train.total_env_steps - env_steps, 0)

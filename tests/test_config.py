@@ -242,7 +242,6 @@ def test_battery_is_large_enough():
     assert len(BAD_DICTS) + len(BAD_OVERRIDES) + len(BAD_ENVS) + len(BAD_FILES) >= 25
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: describe() interpolates the env's exception text verbatim, newlines included")
 @pytest.mark.parametrize("env", [{"id": "envs_for_tests:MultiLineErrorEnv"}], ids=["multi-line-constructor-error"])
 def test_env_constructor_error_is_reported_on_one_line(env):
     with pytest.raises(ConfigError) as raises:
@@ -250,7 +249,6 @@ def test_env_constructor_error_is_reported_on_one_line(env):
     _message(raises)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: MuJoCo XML errors are multi-line, and describe() passes them through")
 def test_mujoco_xml_error_is_reported_on_one_line(tmp_path):
     pytest.importorskip("mujoco")
     xml = tmp_path / "bad.xml"
@@ -260,10 +258,6 @@ def test_mujoco_xml_error_is_reported_on_one_line(tmp_path):
     assert _message(raises).startswith("env.kwargs: ")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PyYAML (YAML 1.1) reads 3e-4 as a string, and the strict schema then rejects learning_rate: 3e-4",
-)
 def test_learning_rate_in_exponent_notation(tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text(config_module.dump(config_module.load(BASE)).replace("learning_rate: 0.001", "learning_rate: 3e-4"))

@@ -114,10 +114,6 @@ def test_limbs_round_trip_is_exact_for_negative_values_of_moderate_size():
     np.testing.assert_array_equal(from_limbs(to_limbs(-values)), -values)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: from_limbs adds a negative whole limb to a fraction near 1, cancelling the low bits of small negatives",
-)
 def test_limbs_round_trip_is_exact_for_small_negative_float32():
     values = -np.float32([1.2345e-10, 3e-12, 7.5e-9, 1e-7]).astype(np.float64)
     np.testing.assert_array_equal(from_limbs(to_limbs(values)), values)
@@ -241,7 +237,6 @@ def test_merged_mean_of_positive_tiny_and_huge_values_is_within_rounding():
     _assert_within_rounding_of_exact(outputs, result, "params")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: from_limbs loses precision when the exact total lies in (-1, 0)")
 def test_merged_mean_of_small_negative_values_is_within_rounding():
     rng = np.random.default_rng(10)
     outputs = [_output(rng, index, params=-_mixed(rng, 64, -12, -3, signs=False)) for index in range(NUM_TASKS)]
@@ -258,7 +253,6 @@ def test_mean_of_equal_values_is_that_value():
     np.testing.assert_array_equal(result.means["params"], value.astype(np.float64))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the average of identical tiny negative float32 values is not that value")
 def test_mean_of_equal_small_negative_values_is_that_value():
     value = -np.float32([3e-12, 1.2345e-10, 7e-9])
     rng = np.random.default_rng(13)

@@ -77,7 +77,6 @@ def test_variance_of_no_data_is_one():
     assert float(Moments.empty(()).variance) == 1.0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Moments.of on zero samples has mean NaN, which poisons every later combine")
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
 def test_empty_chunk_from_of_is_neutral(where):

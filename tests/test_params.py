@@ -180,11 +180,6 @@ def test_run_task_repeats_exactly_in_a_warm_worker(small_ppo):
     _assert_outputs_equal(_run_task(algorithm, payload), _run_task(algorithm, payload))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: PPO._worker_objects builds the model after the task reseeded torch, so a cold worker's first task "
-    "draws different actions than the same task in a warm worker",
-)
 def test_run_task_gives_the_same_result_in_a_cold_and_a_warm_worker(small_ppo):
     algorithm, _, payload = small_ppo
     cold = _run_task(algorithm, payload, cold=True)

@@ -1,0 +1,113 @@
+"""Training runs on a real local Spark session: outputs, determinism, retries, resume, rejected results."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import small_ppo_config
+
+import ddrl
+from ddrl import checkpoint
+
+
+def final_params(run_dir) -> np.ndarray:
+    state, _ = checkpoint.load_latest(run_dir / "checkpoints")
+    return state["params"]
+
+
+def test_short_run_writes_config_metrics_checkpoints_and_policy(spark, tmp_path):
+    result = ddrl.train(spark, small_ppo_config(tmp_path), run_dir=tmp_path / "run")
+
+    assert result.iterations == 3 and result.env_steps == 3 * 2 * 4 * 64
+    assert (tmp_path / "run" / "config.yaml").exists()
+    metrics = pq.read_table(tmp_path / "run" / "metrics").to_pylist()
+    assert [row["iteration"] for row in sorted(metrics, key=lambda row: row["iteration"])] == [1, 2, 3]
+    for column in ("env_steps", "wall_s", "episode_return_mean", "episodes", "pg_loss", "v_loss", "approx_kl",
+                   "drift", "steps_per_s", "broadcast_s", "tasks_s", "merge_s", "driver_s", "eval_return_mean"):
+        assert column in metrics[0], column
+    assert result.metrics.num_rows == 3
+    sidecars = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("ckpt-*.json"))
+    assert sidecars == ["ckpt-000001.json", "ckpt-000002.json", "ckpt-000003.json"]
+    assert json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text()) == {"checkpoint": "ckpt-000003"}
+
+    policy = ddrl.load_policy(tmp_path / "run")
+    observations = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+    np.testing.assert_array_equal(policy.act(observations), result.policy.act(observations))
+    assert policy.act(observations[0]) in (0, 1)
+
+
+def test_same_seed_gives_bit_identical_parameters_across_runs_and_tree_depths(spark, tmp_path):
+    runs = {}
+    for name, depth in (("first", 1), ("second", 1), ("depth3", 3)):
+        config = small_ppo_config(tmp_path, spark={"num_tasks": 6, "tree_depth": depth})
+        ddrl.train(spark, config, run_dir=tmp_path / name)
+        runs[name] = final_params(tmp_path / name)
+    assert np.array_equal(runs["first"], runs["second"])
+    assert np.array_equal(runs["first"], runs["depth3"])
+    other_seed = small_ppo_config(tmp_path, seed=8)
+    ddrl.train(spark, other_seed, run_dir=tmp_path / "other")
+    assert not np.array_equal(final_params(tmp_path / "other"), final_params(tmp_path / "first"))
+
+
+def flaky_config(tmp_path, **env_kwargs):
+    env = {"id": "faulty_envs:FlakyCartPole", "num_envs": 4, "max_episode_steps": 500, "kwargs": env_kwargs}
+    return small_ppo_config(tmp_path, env=env)
+
+
+def test_a_task_retried_after_failing_returns_the_same_bytes(spark, tmp_path):
+    ddrl.train(spark, flaky_config(tmp_path), run_dir=tmp_path / "clean")
+    ddrl.train(spark, flaky_config(tmp_path, fail_partitions=[1]), run_dir=tmp_path / "retried")
+    assert np.array_equal(final_params(tmp_path / "clean"), final_params(tmp_path / "retried"))
+
+
+def test_a_task_failing_every_attempt_stops_the_run_naming_the_iteration(spark, tmp_path):
+    config = flaky_config(tmp_path, fail_partitions=[0], every_attempt=True)
+    with pytest.raises(ddrl.TrainingError, match=r"iteration 1: .*injected failure in partition 0"):
+        ddrl.train(spark, config, run_dir=tmp_path / "failing")
+
+
+def test_resume_from_a_checkpoint_gives_bit_identical_parameters(spark, tmp_path):
+    config = small_ppo_config(tmp_path)
+    ddrl.train(spark, config, run_dir=tmp_path / "whole")
+    shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
+    for name in ("ckpt-000002", "ckpt-000003"):  # as if the driver died after checkpointing iteration 1
+        for suffix in (".json", ".safetensors"):
+            (tmp_path / "resumed" / "checkpoints" / (name + suffix)).unlink()
+
+    result = ddrl.train(spark, config, resume=tmp_path / "resumed")
+
+    assert result.iterations == 3
+    assert np.array_equal(final_params(tmp_path / "whole"), final_params(tmp_path / "resumed"))
+    iterations = sorted(row["iteration"] for row in pq.read_table(tmp_path / "resumed" / "metrics").to_pylist())
+    assert iterations == [1, 2, 3]
+
+
+def test_resume_refuses_a_run_directory_of_another_config(spark, tmp_path):
+    ddrl.train(spark, small_ppo_config(tmp_path), run_dir=tmp_path / "run")
+    with pytest.raises(ddrl.ConfigError, match="belongs to a different config"):
+        ddrl.train(spark, small_ppo_config(tmp_path, seed=99), resume=tmp_path / "run")
+
+
+def nan_config(tmp_path, partitions):
+    env = {"id": "faulty_envs:NaNRewardCartPole", "num_envs": 4, "max_episode_steps": 500,
+           "kwargs": {"nan_partitions": partitions}}
+    return small_ppo_config(tmp_path, env=env, ppo={"num_steps": 64, "update_epochs": 2, "num_minibatches": 2})
+
+
+def test_a_task_result_with_nan_is_rejected_and_the_iteration_goes_on(spark, tmp_path):
+    result = ddrl.train(spark, nan_config(tmp_path, [1]), run_dir=tmp_path / "run")
+    metrics = result.metrics.to_pylist()
+    # Only the healthy task's steps come back, so the step budget of 3 two-task iterations takes 6.
+    assert [row["rejected_tasks"] for row in metrics] == [1] * 6
+    assert [row["env_steps"] for row in metrics] == [4 * 64 * i for i in range(1, 7)]
+    assert np.all(np.isfinite(final_params(tmp_path / "run")))
+
+
+def test_every_result_rejected_stops_the_run_and_keeps_no_bad_checkpoint(spark, tmp_path):
+    with pytest.raises(ddrl.TrainingError, match="every task's result was rejected"):
+        ddrl.train(spark, nan_config(tmp_path, [0, 1]), run_dir=tmp_path / "run")
+    assert checkpoint.load_latest(tmp_path / "run" / "checkpoints") is None
