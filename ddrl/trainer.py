@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -60,18 +60,20 @@ def train(
     overrides: list[str] | tuple[str, ...] = (),
     run_dir: str | Path | None = None,
     resume: str | Path | None = None,
+    observers: list["RunObserver"] | None = None,
 ) -> TrainResult:
     """Train on the given SparkSession (never created or stopped here) and return the result.
 
     ``config`` is a YAML path, a dict, a ``Config``, or a ``Run`` already opened; ``overrides`` are
     ``key.path=value`` strings.  ``resume`` continues the run in that directory from its latest checkpoint.
+    ``observers`` see every iteration's metrics and the result (for tracking and plots).
     """
     started = time.perf_counter()
     run = config if isinstance(config, Run) else Run.open(config, overrides, run_dir, resume)
     spark_context = _spark_context(spark)
     _ship_package(spark_context)
     algorithm: Algorithm = importlib.import_module(ALGORITHMS[run.config.algo]).build(run.config, run.env)
-    return _Loop(run, algorithm, spark_context, started).train()
+    return _Loop(run, algorithm, spark_context, started, observers or []).train()
 
 
 def _spark_context(spark: Any) -> Any:
@@ -128,10 +130,21 @@ class Progress:
     finished: bool = False
 
 
+class RunObserver(Protocol):
+    """Sees a run from the driver: for experiment tracking, plots and the like.  Must not change training."""
+
+    def on_start(self, run: Run) -> None: ...
+
+    def on_iteration(self, iteration: int, metrics: dict[str, Any]) -> None: ...
+
+    def on_end(self, result: TrainResult) -> None: ...
+
+
 class _Loop:
     """The driver's iteration loop over one run."""
 
-    def __init__(self, run: Run, algorithm: Algorithm, spark_context: Any, started: float) -> None:
+    def __init__(self, run: Run, algorithm: Algorithm, spark_context: Any, started: float, observers: list[RunObserver]) -> None:
+        self.observers = observers
         self.run = run
         self.config = run.config
         self.algorithm = algorithm
@@ -141,6 +154,8 @@ class _Loop:
     def train(self) -> TrainResult:
         run, config = self.run, self.config
         state, progress = self._initial_state()
+        for observer in self.observers:
+            observer.on_start(run)
         target = config.train.target_return if config.train.target_return is not None else run.env.reward_threshold
         recent_rates: list[float] = []
         while not progress.finished:
@@ -165,13 +180,15 @@ class _Loop:
             metrics["env_steps"] = env_steps
             metrics["wall_s"] = time.perf_counter() - self.started
             run.write_metrics(iteration, {"iteration": iteration, **metrics})
+            for observer in self.observers:
+                observer.on_iteration(iteration, metrics)
             recent_rates = (recent_rates + [metrics["steps_per_s"]])[-5:]
             self._log_progress(iteration, env_steps, metrics, float(np.median(recent_rates)))
 
         policy = self.algorithm.policy(state)
         policy.save(run.policy_directory)
         returns, _ = self._evaluate(policy, progress.iteration, 1, config.train.final_eval_episodes)
-        return TrainResult(
+        result = TrainResult(
             policy=policy,
             run_dir=run.directory,
             metrics=run.read_metrics(),
@@ -182,6 +199,9 @@ class _Loop:
             solved=target is not None and float(returns.mean()) >= target,
             wall_seconds=time.perf_counter() - self.started,
         )
+        for observer in self.observers:
+            observer.on_end(result)
+        return result
 
     def _initial_state(self) -> tuple[dict[str, np.ndarray], "Progress"]:
         run = self.run
