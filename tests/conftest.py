@@ -11,6 +11,19 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: opt-in (minutes, or a multi-process cluster); run with DDRL_SLOW_TESTS=1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("DDRL_SLOW_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="opt-in: set DDRL_SLOW_TESTS=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def spark():
     # Executors start Python workers from PYSPARK_PYTHON and inherit PYTHONPATH, not the driver's cwd.
