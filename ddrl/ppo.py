@@ -182,7 +182,7 @@ class PPO:
             **_moments_state("obs", obs),
             **_moments_state("return", returns),
         }
-        merged_sq_norm = float(np.dot(params.astype(np.float64), params))
+        merged_sq_norm = float(np.dot(result.means["params"], result.means["params"]))
         # Parameter averaging can settle below the optimum when tasks disagree: track how far apart they drift.
         drift = math.sqrt(max(float(result.means["params_sq_norm"][0]) - merged_sq_norm, 0.0))
         metrics = {

@@ -40,6 +40,21 @@ def test_short_run_writes_config_metrics_checkpoints_and_policy(spark, tmp_path)
     assert policy.act(observations[0]) in (0, 1)
 
 
+def test_continuous_actions_with_observation_and_reward_normalization(spark, tmp_path):
+    env = {"id": "Pendulum-v1", "num_envs": 2}
+    ppo = {"num_steps": 200, "update_epochs": 2, "num_minibatches": 2, "normalize_observation": True,
+           "normalize_reward": True, "log_std_init": -0.5}
+    config = small_ppo_config(tmp_path, env=env, ppo=ppo, train={"total_env_steps": 2 * 200 * 2 * 2})
+    result = ddrl.train(spark, config, run_dir=tmp_path / "run")
+
+    state, _ = checkpoint.load_latest(tmp_path / "run" / "checkpoints")
+    assert state["obs_count"] == 2 * 2 * 200 * 2  # every observation of both iterations, before the autoreset steps
+    assert state["return_count"] > 0
+    assert all(row["episodes"] == 4 for row in result.metrics.to_pylist())  # 200-step episodes end inside a task
+    action = ddrl.load_policy(tmp_path / "run").act(np.zeros(3, dtype=np.float32))
+    assert action.shape == (1,) and -2.0 <= action[0] <= 2.0
+
+
 def test_same_seed_gives_bit_identical_parameters_across_runs_and_tree_depths(spark, tmp_path):
     runs = {}
     for name, depth in (("first", 1), ("second", 1), ("depth3", 3)):
