@@ -292,9 +292,8 @@ class EvolutionStrategy(abc.ABC):
                     episode_lengths.append(lengths)
                     observations.append(seen)
 
-        seen = np.concatenate(observations) if observations else np.zeros((0, self.env.observation_dim))
-        obs_moments = Moments.of(seen) if len(seen) else Moments.empty((self.env.observation_dim,))
-        lengths = np.concatenate(episode_lengths) if episode_lengths else np.zeros(0, dtype=np.int64)
+        obs_moments = Moments.of(np.concatenate(observations))  # build() ensures every task has a direction
+        lengths = np.concatenate(episode_lengths)
         return TaskOutput(
             weight=len(lengths),
             weighted={},
@@ -308,7 +307,7 @@ class EvolutionStrategy(abc.ABC):
                 "rollout_s": time.perf_counter() - started,
             },
             env_steps=int(lengths.sum()),
-            episode_returns=np.concatenate(episode_returns) if episode_returns else np.zeros(0),
+            episode_returns=np.concatenate(episode_returns),
             episode_lengths=lengths,
         )
 
