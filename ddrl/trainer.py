@@ -171,15 +171,17 @@ class _Loop:
                     solved_streak = solved_streak + 1 if metrics["eval_return_mean"] >= target else 0
             solved = solved_streak >= config.train.solved_evaluations and config.train.stop_at_target
             progress = Progress(iteration, env_steps, solved_streak, solved or env_steps >= config.train.total_env_steps)
-            if iteration % config.output.checkpoint_every == 0 or progress.finished:
-                meta = {**dataclasses.asdict(progress), "fingerprint": config.fingerprint()}
-                checkpoint.save(run.checkpoints, iteration, state, meta, config.output.keep_checkpoints)
             metrics["iteration_s"] = time.perf_counter() - iteration_started
             metrics["driver_s"] = metrics["iteration_s"] - metrics["broadcast_s"] - metrics["tasks_s"]
             metrics["steps_per_s"] = metrics["env_steps"] / metrics["iteration_s"]
             metrics["env_steps"] = env_steps
             metrics["wall_s"] = time.perf_counter() - self.started
             run.write_metrics(iteration, {"iteration": iteration, **metrics})
+            # The metrics row first, then the checkpoint: a driver killed in between repeats the iteration on
+            # resume (its row is dropped and rewritten); the other order would lose the row for good.
+            if iteration % config.output.checkpoint_every == 0 or progress.finished:
+                meta = {**dataclasses.asdict(progress), "fingerprint": config.fingerprint()}
+                checkpoint.save(run.checkpoints, iteration, state, meta, config.output.keep_checkpoints)
             for observer in self.observers:
                 observer.on_iteration(iteration, metrics)
             recent_rates = (recent_rates + [metrics["steps_per_s"]])[-5:]
