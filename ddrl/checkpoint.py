@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def load_latest(directory: Path) -> tuple[State, dict[str, Any]] | None:
             if not arrays_path.exists() or _sha256(arrays_path) != sidecar["sha256"]:
                 raise ValueError("checksum mismatch")
             return load_file(str(arrays_path)), sidecar
-        except (ValueError, KeyError, OSError) as error:
+        except (ValueError, KeyError, OSError, SafetensorError) as error:  # SafetensorError: not safetensors at all
             log.warning("skipping damaged checkpoint %s: %s", arrays_path.name, error)
     return None
 
