@@ -106,10 +106,12 @@ def from_dict(data: Mapping[str, Any]) -> Config:
     section = data.pop(algo, None) or {}
     if not isinstance(section, Mapping):
         raise ConfigError(f"{algo}: must be a mapping of hyperparameters")
-    hyperparameters_model = importlib.import_module(ALGORITHMS[algo]).Hyperparameters
-    hyperparameters = _validate(hyperparameters_model, section, prefix=f"{algo}.")
-    config = _validate(Config, data, prefix="")
-    return config.model_copy(update={"hyperparameters": hyperparameters})
+    algorithm = importlib.import_module(ALGORITHMS[algo])
+    hyperparameters = _validate(algorithm.Hyperparameters, section, prefix=f"{algo}.")
+    config = _validate(Config, data, prefix="").model_copy(update={"hyperparameters": hyperparameters})
+    if hasattr(algorithm, "check"):  # checks that span sections, e.g. directions against tasks
+        algorithm.check(config)
+    return config
 
 
 def _validate(model: type[BaseModel], data: Mapping[str, Any], prefix: str) -> Any:

@@ -81,7 +81,7 @@ def perturbation_seeds(run_seed: int, iteration: int, num_directions: int) -> li
     For k < num_tasks these equal the trainer's task seeds (same stream); a task seed only reseeds the global
     generators, which ES never draws from, so the two uses do not interact.
     """
-    return [derive_seed(run_seed, iteration, k, Stream.TASK) for k in range(num_directions)]
+    return [derive_seed(run_seed, iteration, k, Stream.PERTURBATION) for k in range(num_directions)]
 
 
 def perturbation_noise(seed: int, size: int) -> np.ndarray:
@@ -408,11 +408,15 @@ def _moments_from_state(state: State) -> Moments:
     return Moments(float(state["obs_count"]), state["obs_mean"], state["obs_m2"])
 
 
-def build(config: Config, env: EnvInfo) -> EvolutionStrategy:
-    """The algorithm of the config's ``es.variant``."""
+def check(config: Config) -> None:
+    """Checks that span config sections, run when the config is loaded (before Spark starts)."""
     if config.hyperparameters.num_directions < config.spark.num_tasks:
         raise ConfigError(
             f"es.num_directions: {config.hyperparameters.num_directions} directions cannot keep "
             f"spark.num_tasks={config.spark.num_tasks} tasks busy; use at least as many directions as tasks"
         )
+
+
+def build(config: Config, env: EnvInfo) -> EvolutionStrategy:
+    """The algorithm of the config's ``es.variant``."""
     return ARS(config, env) if config.hyperparameters.variant == "ars" else OpenAIES(config, env)

@@ -18,6 +18,7 @@ class Stream(enum.IntEnum):
     TASK = 0
     EVALUATION = 1
     INITIALIZATION = 2
+    PERTURBATION = 3
 
 
 def derive_seed(run_seed: int, iteration: int, index: int, stream: Stream = Stream.TASK) -> int:

@@ -157,3 +157,9 @@ def test_ars_improves_halfcheetah(spark, tmp_path):
     initial, _ = envs.evaluate(algorithm.policy(algorithm.initial_state()).act, run_config.env, 5, seed=0)
     result = ddrl.train(spark, config)
     assert result.eval_return_mean > initial.mean() + 100
+
+
+def test_fewer_directions_than_tasks_is_a_config_error_before_spark(tmp_path):
+    config = small_es_config(tmp_path, spark={"num_tasks": 4, "tree_depth": 2}, es={"num_directions": 3})
+    with pytest.raises(ddrl.ConfigError, match=r"^es\.num_directions: 3 directions cannot keep spark\.num_tasks=4"):
+        config_module.load(config)
