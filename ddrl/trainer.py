@@ -66,14 +66,15 @@ def train(
 
     ``config`` is a YAML path, a dict, a ``Config``, or a ``Run`` already opened; ``overrides`` are
     ``key.path=value`` strings.  ``resume`` continues the run in that directory from its latest checkpoint.
-    ``observers`` see every iteration's metrics and the result (for tracking and plots).
+    ``observers`` see every iteration's metrics and the result (for tracking and plots); None means
+    ``ddrl.tracking.default_observers`` (learning curve PNG, MLflow when configured), ``[]`` none.
     """
     started = time.perf_counter()
     run = config if isinstance(config, Run) else Run.open(config, overrides, run_dir, resume)
     spark_context = _spark_context(spark)
     _ship_package(spark_context)
     algorithm: Algorithm = importlib.import_module(ALGORITHMS[run.config.algo]).build(run.config, run.env)
-    return _Loop(run, algorithm, spark_context, started, observers or []).train()
+    return _Loop(run, algorithm, spark_context, started, observers if observers is not None else importlib.import_module("ddrl.tracking").default_observers(run.config)).train()
 
 
 def _spark_context(spark: Any) -> Any:

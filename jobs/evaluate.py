@@ -1,7 +1,8 @@
-"""Evaluate a saved policy without Spark: ``python jobs/evaluate.py RUN_DIR --episodes 20``.
+"""Evaluate a saved policy without Spark: ``python jobs/evaluate.py RUN_DIR --episodes 20 [--gif out.gif]``.
 
 Loads the policy (no pickle), runs N episodes of the run's environment in parallel and prints the mean and
-standard deviation of the return.
+standard deviation of the return.  ``--gif`` also records one greedy episode as an animated GIF (rendered
+off-screen with render_mode="rgb_array"; MuJoCo envs need ``MUJOCO_GL=egl`` or ``osmesa`` without a display).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+import numpy as np
 
 import ddrl
 from ddrl import config as config_module
@@ -21,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path, help="a run directory (with config.yaml and policy/)")
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--seed", type=int, default=12345, help="seed of the evaluation episodes")
+    parser.add_argument("--gif", type=Path, metavar="OUT.gif", help="record one episode of the policy as an animated GIF")
+    parser.add_argument("--gif-every", type=int, default=2, metavar="K", help="keep every K-th frame (default 2)")
+    parser.add_argument("--gif-width", type=int, default=320, metavar="PIXELS", help="frame width (default 320)")
+    parser.add_argument("--gif-fps", type=float, default=25.0, help="frames per second of the GIF (default 25)")
     args = parser.parse_args(argv)
     try:
         config = config_module.load(args.run_dir / CONFIG_FILE)
@@ -31,7 +38,52 @@ def main(argv: list[str] | None = None) -> int:
     returns, lengths = evaluate(policy.act, config.env, args.episodes, args.seed)
     print(f"{config.env.id}: return {returns.mean():.1f} +- {returns.std():.1f} over {args.episodes} episodes "
           f"(mean length {lengths.mean():.0f})")
+    if args.gif is not None:
+        episode_return, length, frames = record_gif(
+            policy.act, config.env, args.gif, args.seed, every=args.gif_every, width=args.gif_width, fps=args.gif_fps
+        )
+        print(f"recorded one episode (return {episode_return:.1f}, {length} steps) as {frames} frames in {args.gif} "
+              f"({args.gif.stat().st_size / 1024:.0f} KiB)")
     return 0
+
+
+def record_gif(act, env_config, out: Path, seed: int, every: int = 2, width: int = 320, fps: float = 25.0) -> tuple[float, int, int]:
+    """Run one episode with ``act`` and write every ``every``-th rendered frame to ``out``; returns (return, length, frames)."""
+    import os
+
+    for name, value in (("SDL_VIDEODRIVER", "dummy"), ("SDL_AUDIODRIVER", "dummy"), ("PYGAME_HIDE_SUPPORT_PROMPT", "1")):
+        os.environ.setdefault(name, value)  # pygame (classic control) renders off-screen, quietly
+    import gymnasium as gym
+    from PIL import Image
+
+    from ddrl.envs import _make_kwargs, _registered_id
+
+    env = gym.make(_registered_id(env_config.id), render_mode="rgb_array", **_make_kwargs(env_config))
+    images: list[Image.Image] = []
+
+    def keep(frame: np.ndarray) -> None:
+        image = Image.fromarray(np.asarray(frame, dtype=np.uint8))
+        if width and image.width > width:
+            image = image.resize((width, round(image.height * width / image.width)), Image.Resampling.LANCZOS)
+        images.append(image)
+
+    try:
+        observation, _ = env.reset(seed=seed)
+        keep(env.render())
+        total, steps, done = 0.0, 0, False
+        while not done:
+            observation, reward, terminated, truncated, _ = env.step(act(observation))
+            total, steps, done = total + float(reward), steps + 1, terminated or truncated
+            if steps % max(every, 1) == 0 or done:
+                keep(env.render())
+    finally:
+        env.close()
+    # One shared palette keeps the file small and the colours steady from frame to frame.
+    palette = images[len(images) // 2].quantize(colors=64, method=Image.Quantize.MEDIANCUT)
+    frames = [image.quantize(palette=palette, dither=Image.Dither.NONE) for image in images]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(out, save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0, optimize=True)
+    return total, steps, len(frames)
 
 
 if __name__ == "__main__":
