@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import importlib
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -56,7 +57,9 @@ class Run:
             config = config_module.load(source if source is not None else stored, overrides)
             if config.fingerprint() != stored.fingerprint():
                 raise ConfigError(f"resume: {directory} belongs to a different config than the one given")
-            return Run(config, envs.describe(config.env), directory, resumed=True)
+            run = Run(config, envs.describe(config.env), directory, resumed=True)
+            run._check_checkpoint_shapes()
+            return run
         if source is None:
             raise ConfigError("config: a config is required to start a run")
         config = config_module.load(source, overrides)
@@ -65,6 +68,21 @@ class Run:
         if directory.exists() and any(directory.iterdir()):
             raise ConfigError(f"output.run_dir: {directory} already holds files; resume it or choose another")
         return Run(config, env, directory, resumed=False)
+
+    def _check_checkpoint_shapes(self) -> None:
+        """The latest valid checkpoint must hold the arrays this config's algorithm starts from (before Spark)."""
+        loaded = checkpoint.load_latest(self.checkpoints)
+        if loaded is None:
+            return
+        algorithm = importlib.import_module(config_module.ALGORITHMS[self.config.algo])
+        expected = {key: value.shape for key, value in algorithm.build(self.config, self.env).initial_state().items()}
+        found = {key: value.shape for key, value in loaded[0].items()}
+        if found != expected:
+            key = sorted(key for key in found.keys() | expected.keys() if found.get(key) != expected.get(key))[0]
+            raise ConfigError(
+                f"resume: the checkpoint in {self.checkpoints} does not fit this config's policy shape "
+                f"({key}: {found.get(key)} in the checkpoint, {expected.get(key)} for the config)"
+            )
 
     @property
     def checkpoints(self) -> Path:

@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ddrl: training stopped: {error}. The last checkpoint in {run.directory} is valid: "
               f"continue with --resume {run.directory}", file=sys.stderr)
         return 1
+    except ddrl.ConfigError as error:  # what only a started session can tell (e.g. no RDD API)
+        print(f"ddrl: {error}", file=sys.stderr)
+        return 2
     finally:
         spark.stop()
 
