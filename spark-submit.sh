@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Set up (or reuse) the virtual environment from requirements.txt, then run a ddrl job with spark-submit.
 #
-#   ./spark-submit.sh [--master URL] [other spark-submit options] jobs/JOB.py [job options]
+#   ./spark-submit.sh [--master URL] [--ship-env] [other spark-submit options] jobs/JOB.py [job options]
 #   ./spark-submit.sh --test [pytest options]        # the whole test suite, same environment
 #
-# The master defaults to $DDRL_MASTER, else local[*].  The venv lives in $DDRL_VENV (default .venv) and is
-# rebuilt whenever requirements.txt changes.
+# The master defaults to $DDRL_MASTER, else local[*]; any master works: spark://HOST:7077, yarn, k8s://...
+# The venv lives in $DDRL_VENV (default .venv) and is rebuilt whenever requirements.txt changes.
+# Off local mode, the ddrl package is zipped into build/ddrl-package.zip on every run and shipped with --py-files.
+# --ship-env (or DDRL_SHIP_ENV=1) also ships the whole venv (venv-pack, build/ddrl-env.tar.gz, rebuilt when
+# requirements.txt changes) as --archives ...#environment and runs executors' Python from it; without it,
+# executors run $DDRL_VENV/bin/python, which must then exist at the same path on every worker.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -38,16 +42,76 @@ if [[ "${1:-}" == "--test" ]]; then
 fi
 
 master=${DDRL_MASTER:-local[*]}
+ship_env=${DDRL_SHIP_ENV:-0}
+deploy_mode=client
+py_files=""
 submit_args=()
 while [[ $# -gt 0 && "$1" == --* ]]; do
   case "$1" in
     --master) master=$2; shift 2 ;;
     --master=*) master=${1#--master=}; shift ;;
+    --ship-env) ship_env=1; shift ;;
+    --py-files) py_files=$2; shift 2 ;;
+    --py-files=*) py_files=${1#--py-files=}; shift ;;
+    --deploy-mode) deploy_mode=$2; submit_args+=("$1" "$2"); shift 2 ;;
+    --deploy-mode=*) deploy_mode=${1#--deploy-mode=}; submit_args+=("$1"); shift ;;
     --verbose|--supervise) submit_args+=("$1"); shift ;;
     *) submit_args+=("$1" "$2"); shift 2 ;;
   esac
 done
-[[ $# -gt 0 ]] || { sed -n '2,8p' "$0" >&2; exit 2; }
+[[ $# -gt 0 ]] || { sed -n '2,14p' "$0" >&2; exit 2; }
+
+# The ddrl package as a zip for --py-files (pure Python; torch and the rest come from the environment).
+build_package() {
+  mkdir -p "$ROOT/build"
+  "$VENV/bin/python" - "$ROOT" "$ROOT/build/ddrl-package.zip" <<'PY'
+import os, sys, zipfile
+root, out = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(out + ".tmp", "w", zipfile.ZIP_DEFLATED) as archive:
+    for folder, dirs, files in os.walk(os.path.join(root, "ddrl")):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(files):
+            if name.endswith(".py") or name.endswith(".typed"):
+                path = os.path.join(folder, name)
+                archive.write(path, os.path.relpath(path, root))
+os.replace(out + ".tmp", out)
+PY
+}
+
+# The whole venv as a relocatable archive (venv-pack), rebuilt only when requirements.txt changed.  The JVM
+# jars of pyspark, torch's C++ headers and tests are left out: executors' Python does not use them.
+build_env_archive() {
+  local archive="$ROOT/build/ddrl-env.tar.gz" stamp="$ROOT/build/ddrl-env.sha256" wanted
+  wanted=$(cat "$VENV/.requirements.sha256")
+  if [[ -f "$archive" && "$(cat "$stamp" 2>/dev/null)" == "$wanted" ]]; then
+    return
+  fi
+  mkdir -p "$ROOT/build"
+  echo "ddrl: packing $VENV into $archive (once per requirements.txt) ..." >&2
+  rm -f "$archive" "$stamp"
+  "$VENV/bin/venv-pack" --prefix "$VENV" --output "$archive" --compress-level 1 --quiet \
+    --exclude 'lib/python*/site-packages/pyspark/jars/*' \
+    --exclude 'lib/python*/site-packages/torch/include/*' \
+    --exclude 'lib/python*/site-packages/torch/test/*' \
+    --exclude '*/__pycache__/*'
+  echo "$wanted" > "$stamp"
+}
+
+if [[ "$master" != local* ]]; then
+  build_package
+  py_files="$ROOT/build/ddrl-package.zip${py_files:+,$py_files}"
+  if [[ "$ship_env" == 1 ]]; then
+    build_env_archive
+    export PYSPARK_PYTHON=./environment/bin/python
+    submit_args+=(--archives "$ROOT/build/ddrl-env.tar.gz#environment"
+                  --conf spark.executorEnv.PYSPARK_PYTHON=./environment/bin/python
+                  --conf spark.yarn.appMasterEnv.PYSPARK_PYTHON=./environment/bin/python)
+  fi
+  if [[ "$deploy_mode" == cluster ]]; then
+    unset PYSPARK_DRIVER_PYTHON  # the driver runs on the cluster: it must not look for this machine's path
+  fi
+fi
+[[ -z "$py_files" ]] || submit_args+=(--py-files "$py_files")
 
 exec "$VENV/bin/spark-submit" \
   --master "$master" \

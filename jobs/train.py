@@ -63,7 +63,9 @@ def build_spark_session(name: str, verbose: bool):
     from pyspark.sql import SparkSession
 
     conf = SparkConf()
-    if not conf.contains("spark.master"):
+    # Under spark-submit the JVM runs first (PYSPARK_GATEWAY_PORT is set) and holds --master, which a SparkConf
+    # made before the SparkContext cannot see: setting a master here would override it with local[*].
+    if not conf.contains("spark.master") and "PYSPARK_GATEWAY_PORT" not in os.environ:
         conf.setMaster(os.environ.get("DDRL_MASTER", "local[*]"))
     spark = SparkSession.builder.appName(f"ddrl-{name}").config(conf=conf).getOrCreate()
     spark.sparkContext.setLogLevel("INFO" if verbose else "ERROR")
