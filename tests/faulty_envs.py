@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
+from pathlib import Path
 
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 from pyspark import TaskContext
@@ -43,3 +46,108 @@ class NaNRewardCartPole(CartPoleEnv):
         if _in_task(self.nan_partitions) is not None:
             reward = math.nan
         return observation, reward, terminated, truncated, info
+
+
+# ---- process-level faults and faults switched from outside the config (tests/test_faults.py,
+# tests/test_cluster_faults.py) ------------------------------------------------------------------------------
+
+
+class _TaskStepCartPole(CartPoleEnv):
+    """Counts steps since the last seeded reset: a task's rollout starts with one (the worker may cache envs)."""
+
+    task_steps = 0
+
+    def reset(self, *, seed=None, options=None):
+        if seed is not None:
+            self.task_steps = 0
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        self.task_steps += 1
+        return super().step(action)
+
+
+class SigkillCartPole(_TaskStepCartPole):
+    """SIGKILLs its own Python worker at step ``kill_at_step`` of the first attempt of the tasks in
+    ``kill_partitions``, mid-rollout, so the task dies without a Python exception."""
+
+    def __init__(self, kill_partitions: list[int] = (), kill_at_step: int = 10, render_mode: str | None = None):
+        super().__init__(render_mode=render_mode)
+        self.kill_partitions = list(kill_partitions)
+        self.kill_at_step = kill_at_step
+
+    def step(self, action):
+        result = super().step(action)
+        context = _in_task(self.kill_partitions)
+        if context is not None and context.attemptNumber() == 0 and self.task_steps == self.kill_at_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+
+def executor_jvm_pid(start: int | None = None) -> int | None:
+    """The executor JVM above this process (``java ... CoarseGrainedExecutorBackend``), else None.
+
+    Walks up the process tree through /proc: a Python worker's parent is PySpark's daemon, whose parent is the
+    executor JVM.  In local mode the JVM above is the driver's, which has no such class: None, nothing to kill.
+    """
+    pid = os.getppid() if start is None else start
+    while pid > 1:
+        try:
+            if b"CoarseGrainedExecutorBackend" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state is the parent's pid
+    return None
+
+
+class ExecutorKillerCartPole(_TaskStepCartPole):
+    """SIGKILLs the executor JVM running the task, once per ``marker`` file: at step ``kill_at_step`` of the first
+    attempt of a task in ``kill_partitions``.  The marker records what was killed ("killed <pid>: <cmdline>")
+    or why nothing was ("no executor JVM above pid <pid>")."""
+
+    def __init__(self, marker: str, kill_partitions: list[int] = (1,), kill_at_step: int = 10, render_mode: str | None = None):
+        super().__init__(render_mode=render_mode)
+        self.marker = marker
+        self.kill_partitions = list(kill_partitions)
+        self.kill_at_step = kill_at_step
+
+    def step(self, action):
+        result = super().step(action)
+        context = _in_task(self.kill_partitions)
+        if context is not None and context.attemptNumber() == 0 and self.task_steps == self.kill_at_step:
+            try:
+                handle = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # only the first one kills
+            except FileExistsError:
+                return result
+            jvm = executor_jvm_pid()
+            if jvm is None:
+                os.write(handle, f"no executor JVM above pid {os.getpid()}".encode())
+                os.close(handle)
+                return result
+            command = Path(f"/proc/{jvm}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            os.write(handle, f"killed {jvm}: {command}".encode())
+            os.fsync(handle)
+            os.close(handle)
+            os.kill(jvm, signal.SIGKILL)
+            os.kill(os.getpid(), signal.SIGKILL)  # the worker's JVM is gone: nothing would read this task's result
+        return result
+
+
+class MarkerFailCartPole(CartPoleEnv):
+    """Raises in ``step`` inside any task, on every attempt, while the file ``fail_marker`` exists.
+
+    The switch lives outside the config, so a run that failed this way can be resumed with the same config
+    once the file is gone.  Driver-side use (describe, evaluation) never fails.
+    """
+
+    def __init__(self, fail_marker: str = "", render_mode: str | None = None):
+        super().__init__(render_mode=render_mode)
+        self.fail_marker = fail_marker
+
+    def step(self, action):
+        context = TaskContext.get()
+        if context is not None and self.fail_marker and os.path.exists(self.fail_marker):
+            raise RuntimeError(f"injected failure while {self.fail_marker} exists (partition {context.partitionId()})")
+        return super().step(action)
