@@ -125,3 +125,17 @@ def test_evaluate_job_records_a_rollout_gif(tmp_path, capsys):
         assert gif.format == "GIF" and gif.is_animated and gif.n_frames > 2
         assert gif.size == (160, 107)
     assert out.stat().st_size < 500_000
+
+
+def test_export_job_writes_both_formats(tmp_path, capsys):
+    from jobs import export
+
+    policy = saved_policy(tmp_path, "CartPole-v1", [64, 64], True)
+    batch = torch.from_numpy(observations(policy, 32))
+    assert export.main([str(tmp_path), "--out", str(tmp_path / "policy.pt2")]) == 0
+    assert export.main([str(tmp_path / "policy"), "--out", str(tmp_path / "policy.pt")]) == 0
+    assert "torch.export program written" in capsys.readouterr().out
+    expected = policy.act(batch.numpy())
+    np.testing.assert_array_equal(torch.export.load(str(tmp_path / "policy.pt2")).module()(batch).numpy(), expected)
+    np.testing.assert_array_equal(torch.jit.load(str(tmp_path / "policy.pt"))(batch).numpy(), expected)
+    assert export.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.pt2")]) == 2
