@@ -88,8 +88,8 @@ def learning_curve(run_dirs: Sequence[str | Path], labels: Sequence[str] | None 
         _plot_run(by_steps, metrics["env_steps"].astype(np.float64), metrics, label, color)
         _plot_run(by_time, wall / 60.0 if minutes else wall, metrics, label, color)
     for target in sorted(targets):
-        for axis in (by_steps, by_time):
-            axis.axhline(target, color="grey", linestyle=":", linewidth=1)
+        by_steps.axhline(target, color="grey", linestyle=":", linewidth=1, label=f"target {target:g}")
+        by_time.axhline(target, color="grey", linestyle=":", linewidth=1)
     by_steps.set_xlabel("env steps")
     by_time.set_xlabel("wall time (min)" if minutes else "wall time (s)")
     by_steps.set_ylabel("return")

@@ -98,7 +98,7 @@ def test_learning_curve_has_two_panels_with_train_and_eval_of_every_run(tmp_path
     figure = learning_curve(runs)
     by_steps, by_time = figure.axes
     labels = [line.get_label() for line in by_steps.get_lines() if not line.get_label().startswith("_")]
-    assert labels == ["first train", "first eval", "second train", "second eval"]
+    assert labels == ["first train", "first eval", "second train", "second eval", "target 475"]
     assert by_steps.get_xlabel() == "env steps" and by_time.get_xlabel() == "wall time (s)"
     eval_line = by_steps.get_lines()[1]
     np.testing.assert_array_equal(eval_line.get_xdata(), [1024, 2048, 3072])  # NaN evaluations are skipped
