@@ -39,6 +39,8 @@ class Run:
     env: EnvInfo
     directory: Path
     resumed: bool
+    latest_checkpoint: tuple[checkpoint.State, dict[str, Any]] | None = None
+    """For a resumed run: its newest valid checkpoint (state, sidecar), None if it has none."""
 
     @staticmethod
     def open(
@@ -57,9 +59,8 @@ class Run:
             config = config_module.load(source if source is not None else stored, overrides)
             if config.fingerprint() != stored.fingerprint():
                 raise ConfigError(f"resume: {directory} belongs to a different config than the one given")
-            run = Run(config, envs.describe(config.env), directory, resumed=True)
-            run._check_checkpoint_shapes()
-            return run
+            env = envs.describe(config.env)
+            return Run(config, env, directory, resumed=True, latest_checkpoint=_latest_fitting_checkpoint(config, env, directory))
         if source is None:
             raise ConfigError("config: a config is required to start a run")
         config = config_module.load(source, overrides)
@@ -68,21 +69,6 @@ class Run:
         if directory.exists() and any(directory.iterdir()):
             raise ConfigError(f"output.run_dir: {directory} already holds files; resume it or choose another")
         return Run(config, env, directory, resumed=False)
-
-    def _check_checkpoint_shapes(self) -> None:
-        """The latest valid checkpoint must hold the arrays this config's algorithm starts from (before Spark)."""
-        loaded = checkpoint.load_latest(self.checkpoints)
-        if loaded is None:
-            return
-        algorithm = importlib.import_module(config_module.ALGORITHMS[self.config.algo])
-        expected = {key: value.shape for key, value in algorithm.build(self.config, self.env).initial_state().items()}
-        found = {key: value.shape for key, value in loaded[0].items()}
-        if found != expected:
-            key = sorted(key for key in found.keys() | expected.keys() if found.get(key) != expected.get(key))[0]
-            raise ConfigError(
-                f"resume: the checkpoint in {self.checkpoints} does not fit this config's policy shape "
-                f"({key}: {found.get(key)} in the checkpoint, {expected.get(key)} for the config)"
-            )
 
     @property
     def checkpoints(self) -> Path:
@@ -113,6 +99,23 @@ class Run:
         paths = sorted((self.directory / METRICS_DIR).glob("iteration-*.parquet"))
         tables = [pq.read_table(path) for path in paths]
         return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+
+
+def _latest_fitting_checkpoint(config: Config, env: EnvInfo, directory: Path) -> tuple[checkpoint.State, dict[str, Any]] | None:
+    """The newest valid checkpoint, which must hold the arrays this config's algorithm starts from."""
+    loaded = checkpoint.load_latest(directory / CHECKPOINT_DIR)
+    if loaded is None:
+        return None
+    algorithm = importlib.import_module(config_module.ALGORITHMS[config.algo])
+    expected = {key: value.shape for key, value in algorithm.build(config, env).initial_state().items()}
+    found = {key: value.shape for key, value in loaded[0].items()}
+    if found != expected:
+        key = sorted(key for key in found.keys() | expected.keys() if found.get(key) != expected.get(key))[0]
+        raise ConfigError(
+            f"resume: the checkpoint in {directory / CHECKPOINT_DIR} does not fit this config's policy shape "
+            f"({key}: {found.get(key)} in the checkpoint, {expected.get(key)} for the config)"
+        )
+    return loaded
 
 
 def _default_directory(config: Config) -> Path:
