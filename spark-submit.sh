@@ -59,7 +59,7 @@ while [[ $# -gt 0 && "$1" == --* ]]; do
     *) submit_args+=("$1" "$2"); shift 2 ;;
   esac
 done
-[[ $# -gt 0 ]] || { sed -n '2,14p' "$0" >&2; exit 2; }
+[[ $# -gt 0 ]] || { sed -n '2,11p' "$0" >&2; exit 2; }
 
 # The ddrl package as a zip for --py-files (pure Python; torch and the rest come from the environment).
 build_package() {
