@@ -45,6 +45,17 @@ def spark():
     session.stop()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny networks: a second intra-op thread only adds contention (and 0.4 s per model on a busy machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def small_ppo_config(tmp_path: Path, **sections) -> dict:
     """A CartPole PPO config small enough for a test iteration to take well under a second."""
     config = {

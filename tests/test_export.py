@@ -18,15 +18,10 @@ from ddrl.export import export_program, export_torchscript, serving_module
 from ddrl.policy import build_actor, load_policy, Policy
 
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 
 def saved_policy(tmp_path, env_id: str, hidden_sizes: list[int], normalized: bool, seed: int = 0):

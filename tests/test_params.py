@@ -20,15 +20,7 @@ from ddrl.ppo import PPO, ActorCritic, Hyperparameters, flat_parameters, load_fl
 from ddrl.seeding import seed_everything
 
 ENV_IDS = ["CartPole-v1", "Pendulum-v1"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny networks: a second intra-op thread only adds contention (and 0.4 s per model on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", params=ENV_IDS)
