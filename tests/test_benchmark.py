@@ -1,0 +1,45 @@
+"""Smoke test of jobs/benchmark.py: its cheapest part (cost_model) with tiny sizes on the shared session writes a
+table and a JSON file.  No timing is asserted: the figures themselves belong in BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import json
+
+from jobs import benchmark
+
+
+def test_cost_model_part_writes_a_table_and_json(spark, tmp_path, capsys):
+    sizes = benchmark.Sizes.quick()
+    sizes.cost_sizes = (1_000, 5_000)
+    sizes.cost_partitions = (2, 3)
+    sizes.cost_depths = (1, 2)
+    sizes.cost_jvm_tasks = (2, 4)
+    out = tmp_path / "benchmark.json"
+    bench = benchmark.Bench(sizes, tmp_path / "work", out, quick=True, spark=spark)
+
+    results = benchmark.run_parts(bench, ["cost_model"])
+
+    printed = capsys.readouterr().out
+    assert "## cost_model" in printed
+    assert "| case | metric | value | target | status |" in printed
+    stored = json.loads(out.read_text())
+    assert stored["meta"]["failures"] == {}
+    part = stored["parts"]["cost_model"]
+    assert part["rows"] and {"case", "metric", "value", "unit", "target", "status"} <= set(part["rows"][0])
+    assert set(part["data"]["sizes"]) == {"1000", "5000"}
+    model = part["data"]["model"]
+    assert {"job_floor_s", "per_param", "predictions", "half_efficiency_executors"} <= set(model)
+    assert results["parts"]["cost_model"]["data"]["master"] == spark.sparkContext.master
+    assert not spark.sparkContext._jsc.sc().isStopped()  # the shared session is the caller's: left running
+
+
+def test_tree_plan_follows_pyspark():
+    assert benchmark.tree_plan(2, 3) == [2]
+    assert benchmark.tree_plan(8, 1) == [8]
+    assert benchmark.tree_plan(8, 2) == [8, 2]
+    assert benchmark.tree_plan(1000, 3) == [1000, 100, 10]
+
+
+def test_parse_train_output():
+    text = "final evaluation: 500.0 +- 0.0 over 20 episodes (solved)\nenv steps: 36864 in 9 iterations\nwall time: 65.2 s, whole process\n"
+    assert benchmark.parse_train_output(text) == {"final_eval": 500.0, "final_eval_std": 0.0, "final_solved": True, "env_steps": 36864, "wall_s": 65.2}
