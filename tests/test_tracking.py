@@ -15,7 +15,7 @@ from conftest import small_ppo_config
 import ddrl
 from ddrl import config as config_module
 from ddrl import tracking
-from ddrl.plots import CURVE_FILE, learning_curve, plot_runs, read_metrics
+from ddrl.plots import CURVE_FILE, learning_curve, read_metrics
 from ddrl.run import Run
 from ddrl.tracking import LearningCurveObserver, MlflowObserver, default_observers, flatten, mlflow_enabled
 
