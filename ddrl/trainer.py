@@ -97,7 +97,9 @@ _SHIPPED: set[str] = set()
 def _ship_package(spark_context: Any) -> None:
     """Make ``ddrl`` importable on executors when it is not installed there: zip it and ``addPyFile`` it."""
     package_dir = Path(__file__).resolve().parent
-    if "site-packages" in package_dir.parts or not package_dir.is_dir() or spark_context.applicationId in _SHIPPED:  # installed, or imported from a --py-files zip
+    installed = "site-packages" in package_dir.parts
+    from_zip = not package_dir.is_dir()  # imported from a --py-files zip, which Spark already ships
+    if installed or from_zip or spark_context.applicationId in _SHIPPED:
         return
     archive_dir = Path(tempfile.mkdtemp(prefix="ddrl-package-"))
     archive = shutil.make_archive(str(archive_dir / "ddrl"), "zip", package_dir.parent, package_dir.name)
