@@ -68,6 +68,11 @@ def small_ppo_config(tmp_path: Path, **sections) -> dict:
         "output": {"root": str(tmp_path), "checkpoint_every": 1},
         "ppo": {"num_steps": 64, "update_epochs": 2, "num_minibatches": 2},
     }
+    return with_sections(config, **sections)
+
+
+def with_sections(config: dict, **sections) -> dict:
+    """``config`` with each named section updated (dict values) or replaced (anything else)."""
     for section, values in sections.items():
         config[section] = {**config.get(section, {}), **values} if isinstance(values, dict) else values
     return config

@@ -66,6 +66,11 @@ class _TaskStepCartPole(CartPoleEnv):
         self.task_steps += 1
         return super().step(action)
 
+    def _at_first_attempt_step(self, partitions: list[int], step: int) -> bool:
+        """Whether this is step ``step`` of the first attempt of a task in ``partitions``."""
+        context = _in_task(partitions)
+        return context is not None and context.attemptNumber() == 0 and self.task_steps == step
+
 
 class SigkillCartPole(_TaskStepCartPole):
     """SIGKILLs its own Python worker at step ``kill_at_step`` of the first attempt of the tasks in
@@ -78,8 +83,7 @@ class SigkillCartPole(_TaskStepCartPole):
 
     def step(self, action):
         result = super().step(action)
-        context = _in_task(self.kill_partitions)
-        if context is not None and context.attemptNumber() == 0 and self.task_steps == self.kill_at_step:
+        if self._at_first_attempt_step(self.kill_partitions, self.kill_at_step):
             os.kill(os.getpid(), signal.SIGKILL)
         return result
 
@@ -115,8 +119,7 @@ class ExecutorKillerCartPole(_TaskStepCartPole):
 
     def step(self, action):
         result = super().step(action)
-        context = _in_task(self.kill_partitions)
-        if context is not None and context.attemptNumber() == 0 and self.task_steps == self.kill_at_step:
+        if self._at_first_attempt_step(self.kill_partitions, self.kill_at_step):
             try:
                 handle = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # only the first one kills
             except FileExistsError:

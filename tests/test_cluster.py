@@ -8,6 +8,7 @@ The environment-shipping variant (--ship-env: venv-pack archive of the whole ven
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -117,24 +118,13 @@ def kill_group(process: subprocess.Popen, grace: float = 10.0) -> None:
         group = os.getpgid(process.pid)
     except ProcessLookupError:
         group = None
-    if group is not None:
-        try:
-            os.killpg(group, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    if group is not None:
-        try:
-            os.killpg(group, signal.SIGKILL)  # executors and Python workers of a stopped worker, if any remain
-        except ProcessLookupError:
-            pass
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
+    # SIGKILL reaches executors and Python workers of a stopped worker, if any remain.
+    for signal_number in (signal.SIGTERM, signal.SIGKILL):
+        if group is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal_number)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=grace)
 
 
 def processes_under(directory: Path) -> list[int]:

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import with_sections
 
 import ddrl
-from ddrl import checkpoint, config as config_module, envs, es
+from ddrl import checkpoint, envs, es
+from ddrl import config as config_module
 from ddrl.envs import EnvInfo
 from ddrl.policy import build_actor
 
@@ -31,9 +33,7 @@ def small_es_config(tmp_path: Path, **sections) -> dict:
         "output": {"root": str(tmp_path), "checkpoint_every": 5},
         "es": {"variant": "openai", "num_directions": 32, "sigma": 0.1, "learning_rate": 0.05},
     }
-    for section, values in sections.items():
-        config[section] = {**config.get(section, {}), **values} if isinstance(values, dict) else values
-    return config
+    return with_sections(config, **sections)
 
 
 # ---- math ------------------------------------------------------------------------------------------------
