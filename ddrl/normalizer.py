@@ -50,4 +50,5 @@ class Moments:
 
 def normalize(values: np.ndarray, mean: np.ndarray, variance: np.ndarray) -> np.ndarray:
     """Standardize and clip to [-CLIP, CLIP], as gymnasium's NormalizeObservation wrapper does."""
-    return np.clip((values - mean) / np.sqrt(variance + EPSILON), -CLIP, CLIP).astype(np.float32)
+    # minimum/maximum rather than np.clip: the same values, at half the per-call cost in a rollout's step loop
+    return np.minimum(np.maximum((values - mean) / np.sqrt(variance + EPSILON), -CLIP), CLIP).astype(np.float32)

@@ -70,17 +70,6 @@ class ActorCritic(nn.Module):
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.critic(obs).squeeze(-1)
 
-    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw actions from the global torch generator (reseeded per task); return them with their log-probs."""
-        if self.discrete:
-            logits = self.actor(obs)
-            gumbel = -torch.log(-torch.log(torch.rand_like(logits)))
-            action = (logits + gumbel).argmax(dim=-1)
-            return action, torch.log_softmax(logits, -1).gather(-1, action.unsqueeze(-1)).squeeze(-1)
-        mean = self.actor(obs)
-        action = mean + self.log_std.exp() * torch.randn_like(mean)
-        return action, self._gaussian_log_prob(mean, action)
-
     def log_prob_and_entropy(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.discrete:
             log_probs = torch.log_softmax(self.actor(obs), -1)
@@ -103,6 +92,21 @@ def load_flat_parameters(module: nn.Module, flat: np.ndarray) -> None:
     nn.utils.vector_to_parameters(torch.tensor(flat, dtype=torch.float32), module.parameters())
 
 
+def numpy_actor(actor: nn.Sequential) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The actor's layers as (weight transposed, bias) NumPy views, for rollout steps without torch's per-call cost."""
+    return [(layer.weight.detach().numpy().T, layer.bias.detach().numpy()) for layer in actor if isinstance(layer, nn.Linear)]
+
+
+def actor_forward(layers: list[tuple[np.ndarray, np.ndarray]], obs: np.ndarray, activation: str) -> np.ndarray:
+    """Logits (Discrete) or action means (Box) for a batch of observations: the torch actor's math in NumPy."""
+    hidden = obs
+    for weight_t, bias in layers[:-1]:
+        hidden = hidden @ weight_t + bias
+        hidden = np.tanh(hidden, out=hidden) if activation == "tanh" else np.maximum(hidden, 0.0, out=hidden)
+    weight_t, bias = layers[-1]
+    return hidden @ weight_t + bias
+
+
 def compute_gae(
     rewards: np.ndarray,
     values: np.ndarray,
@@ -118,12 +122,12 @@ def compute_gae(
     episode ended there).  A terminated episode bootstraps nothing, a truncated one bootstraps
     V(final observation); neither passes advantage back across the episode boundary.
     """
-    advantages = np.zeros_like(rewards)
+    deltas = rewards + gamma * (1.0 - terminated) * next_values - values
+    decays = gamma * gae_lambda * (1.0 - np.maximum(terminated, truncated))
+    advantages = np.zeros_like(deltas)
     last_advantage = np.zeros(rewards.shape[1])
     for t in reversed(range(len(rewards))):
-        delta = rewards[t] + gamma * (1.0 - terminated[t]) * next_values[t] - values[t]
-        episode_continues = 1.0 - np.maximum(terminated[t], truncated[t])
-        last_advantage = delta + gamma * gae_lambda * episode_continues * last_advantage
+        last_advantage = deltas[t] + decays[t] * last_advantage
         advantages[t] = last_advantage
     return advantages
 
@@ -216,59 +220,63 @@ class PPO:
         obs_mean, obs_variance = payload["obs_mean"], payload["obs_variance"]
         reward_scale = 1.0 / math.sqrt(payload["return_variance"] + 1e-8) if hp.normalize_reward else 1.0
 
-        # ---- rollout: num_steps steps of num_envs envs with the broadcast policy
+        # ---- rollout: num_steps steps of num_envs envs with the broadcast policy.  Per step only the actor runs,
+        # in NumPy with noise drawn up front (torch's per-call cost is larger than a CartPole step); values and
+        # log-probs come from one batched torch pass afterwards.
         rollout_started = time.perf_counter()
-        shape = (hp.num_steps, num_envs)
-        observations = np.zeros((*shape, self.env.observation_dim), dtype=np.float32)
-        actions = np.zeros(shape if self.env.discrete else (*shape, self.env.action_dim), dtype=np.float32)
-        log_probs, values, next_values = np.zeros(shape), np.zeros(shape), np.zeros(shape)
-        rewards, terminated, truncated = np.zeros(shape), np.zeros(shape), np.zeros(shape)
-        # With NEXT_STEP autoreset, the step after an episode ends only resets that env: not a transition.
-        valid = np.ones(shape, dtype=bool)
-        raw_observations, discounted_returns = [], []
-        episode_return, episode_length = np.zeros(num_envs), np.zeros(num_envs, dtype=np.int64)
-        finished_returns, finished_lengths = [], []
-        discounted_return = np.zeros(num_envs)
-        resetting = np.zeros(num_envs, dtype=bool)
+        num_steps, obs_dim = hp.num_steps, self.env.observation_dim
+        rng = np.random.default_rng(seed)
+        if self.env.discrete:
+            noise = rng.gumbel(size=(num_steps, num_envs, self.env.action_dim)).astype(np.float32)
+            actions = np.zeros((num_steps, num_envs), dtype=np.int64)
+        else:
+            noise = rng.standard_normal((num_steps, num_envs, self.env.action_dim), dtype=np.float32)
+            noise *= np.exp(model.log_std.detach().numpy())
+            actions = np.zeros((num_steps, num_envs, self.env.action_dim), dtype=np.float32)
+        layers = numpy_actor(model.actor)
+        action_low, action_high = np.array(self.env.action_low), np.array(self.env.action_high)
+        raw_observations = np.zeros((num_steps + 1, num_envs, obs_dim))
+        observations = np.zeros((num_steps + 1, num_envs, obs_dim), dtype=np.float32)
+        rewards = np.zeros((num_steps, num_envs))
+        terminated = np.zeros((num_steps, num_envs), dtype=bool)
+        truncated = np.zeros((num_steps, num_envs), dtype=bool)
 
-        raw_obs, _ = vector_env.reset(seed=seed)
-        for t in range(hp.num_steps):
-            raw_observations.append(raw_obs[~resetting])
-            obs = normalize(raw_obs, obs_mean, obs_variance) if hp.normalize_observation else raw_obs.astype(np.float32)
-            with torch.inference_mode():
-                obs_tensor = torch.from_numpy(obs)
-                action, log_prob = model.sample(obs_tensor)
-                value = model.value(obs_tensor).numpy()
-            if t > 0:
-                next_values[t - 1] = value
-            observations[t], actions[t], log_probs[t], values[t] = obs, action.numpy(), log_prob.numpy(), value
-            valid[t] = ~resetting
-            env_action = action.numpy() if self.env.discrete else np.clip(action.numpy(), self.env.action_low, self.env.action_high)
-            raw_obs, reward, term, trunc, _ = vector_env.step(env_action)
-            reward = np.where(resetting, 0.0, reward)
-            discounted_return = discounted_return * hp.gamma + reward
-            discounted_returns.append(discounted_return[~resetting])
-            rewards[t], terminated[t], truncated[t] = reward * reward_scale, term & ~resetting, trunc & ~resetting
-            episode_return += reward
-            episode_length += ~resetting
-            done = (term | trunc) & ~resetting
-            finished_returns += episode_return[done].tolist()
-            finished_lengths += episode_length[done].tolist()
-            episode_return[done], episode_length[done], discounted_return[done] = 0.0, 0, 0.0
-            resetting = done
-        obs = normalize(raw_obs, obs_mean, obs_variance) if hp.normalize_observation else raw_obs.astype(np.float32)
+        raw_observations[0], _ = vector_env.reset(seed=seed)
+        for t in range(num_steps):
+            observations[t] = _policy_input(raw_observations[t], hp, obs_mean, obs_variance)
+            output = actor_forward(layers, observations[t], hp.activation)
+            if self.env.discrete:
+                actions[t] = env_action = (output + noise[t]).argmax(axis=1)  # Gumbel-max: a sample of softmax(logits)
+            else:
+                actions[t] = output + noise[t]
+                env_action = np.minimum(np.maximum(actions[t], action_low), action_high)
+            raw_observations[t + 1], rewards[t], terminated[t], truncated[t], _ = vector_env.step(env_action)
+        observations[num_steps] = _policy_input(raw_observations[num_steps], hp, obs_mean, obs_variance)
+
+        # With NEXT_STEP autoreset, the step after an episode ends only resets that env (reward 0, not done):
+        # it is not a transition.  Every task starts its envs fresh, so episodes start at step 0.
+        done = terminated | truncated
+        valid = np.ones((num_steps, num_envs), dtype=bool)
+        valid[1:] = ~done[:-1]
+        finished_returns, finished_lengths = _finished_episodes(rewards, valid, done)
         with torch.inference_mode():
-            next_values[-1] = model.value(torch.from_numpy(obs)).numpy()
-        advantages = compute_gae(rewards, values, next_values, terminated, truncated, hp.gamma, hp.gae_lambda)
+            all_values = model.value(torch.from_numpy(observations.reshape(-1, obs_dim))).numpy().reshape(num_steps + 1, num_envs)
+        values, next_values = all_values[:-1].astype(np.float64), all_values[1:].astype(np.float64)
+        if hp.normalize_reward:
+            discounted_returns = _discounted_returns(rewards, valid, hp.gamma)[valid]
+        else:
+            discounted_returns = np.zeros(0)
+        advantages = compute_gae(rewards * reward_scale, values, next_values, terminated, truncated, hp.gamma, hp.gae_lambda)
         returns = advantages + values
+        keep = valid.reshape(-1)
+        b_obs = torch.from_numpy(observations[:-1].reshape(-1, obs_dim)[keep])
+        b_actions = torch.from_numpy(actions.reshape(len(keep), *actions.shape[2:])[keep])
+        with torch.no_grad():
+            b_log_probs = model.log_prob_and_entropy(b_obs, b_actions)[0]
         rollout_seconds = time.perf_counter() - rollout_started
 
         # ---- update: update_epochs x num_minibatches Adam steps on the clipped surrogate objective
         update_started = time.perf_counter()
-        keep = valid.reshape(-1)
-        b_obs = torch.from_numpy(observations.reshape(-1, self.env.observation_dim)[keep])
-        b_actions = torch.from_numpy(actions.reshape(len(keep), *actions.shape[2:])[keep])
-        b_log_probs = torch.from_numpy(log_probs.reshape(-1)[keep]).float()
         b_advantages = torch.from_numpy(advantages.reshape(-1)[keep]).float()
         b_returns = torch.from_numpy(returns.reshape(-1)[keep]).float()
         b_values = torch.from_numpy(values.reshape(-1)[keep]).float()
@@ -317,8 +325,8 @@ class PPO:
 
         params = flat_parameters(model)
         adam_m, adam_v = _flat_adam_moments(optimizer, model)
-        obs_moments = Moments.of(np.concatenate(raw_observations))
-        return_moments = Moments.of(np.concatenate(discounted_returns))
+        obs_moments = Moments.of(raw_observations[:-1][valid])
+        return_moments = Moments.of(discounted_returns)
         variance_of_returns = float(np.var(b_returns.numpy()))
         explained_variance = (
             float(1 - np.var(b_returns.numpy() - b_values.numpy()) / variance_of_returns) if variance_of_returns > 0 else 0.0
@@ -345,9 +353,9 @@ class PPO:
                 "rollout_s": rollout_seconds,
                 "update_s": update_seconds,
             },
-            env_steps=hp.num_steps * num_envs,
-            episode_returns=np.array(finished_returns),
-            episode_lengths=np.array(finished_lengths, dtype=np.int64),
+            env_steps=num_steps * num_envs,
+            episode_returns=finished_returns,
+            episode_lengths=finished_lengths,
         )
 
     def _worker_objects(self) -> tuple[Any, ActorCritic, torch.optim.Adam]:
@@ -364,6 +372,32 @@ class PPO:
 
 
 _WORKER_CACHE: dict[tuple[str, str], tuple[Any, ActorCritic, torch.optim.Adam]] = {}
+
+
+def _policy_input(raw_obs: np.ndarray, hp: Hyperparameters, mean: np.ndarray, variance: np.ndarray) -> np.ndarray:
+    return normalize(raw_obs, mean, variance) if hp.normalize_observation else raw_obs
+
+
+def _finished_episodes(rewards: np.ndarray, valid: np.ndarray, done: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return and length of every episode that ended in a ``(num_steps, num_envs)`` rollout, env by env."""
+    returns, lengths = [], []
+    for env_rewards, env_valid, env_done in zip(rewards.T, valid.T, done.T):
+        ends = np.flatnonzero(env_done)
+        returns.append(np.diff(np.cumsum(env_rewards)[ends], prepend=0.0))
+        lengths.append(np.diff(np.cumsum(env_valid)[ends], prepend=0))
+    return np.concatenate(returns), np.concatenate(lengths).astype(np.int64)
+
+
+def _discounted_returns(rewards: np.ndarray, valid: np.ndarray, gamma: float) -> np.ndarray:
+    """The running discounted return of each env at each step, restarting with each episode (reward scaling's
+    statistic, as in gymnasium's NormalizeReward)."""
+    decays = gamma * valid
+    discounted = np.zeros_like(rewards)
+    running = np.zeros(rewards.shape[1])
+    for t in range(len(rewards)):
+        running = running * decays[t] + rewards[t]
+        discounted[t] = running
+    return discounted
 
 
 def _load_adam_state(optimizer: torch.optim.Adam, model: nn.Module, payload: dict[str, Any]) -> None:

@@ -403,31 +403,25 @@ def raw_env_rate(env_config: Any, num_envs: int, seconds: float, repetitions: in
 
 
 def policy_step_seconds(config: Any, repetitions: int) -> float:
-    """Median seconds of one rollout step's torch work in ddrl's PPO (sample + value on num_envs observations),
-    with one torch thread as in a task."""
-    import torch
-
+    """Median seconds of one rollout step's policy work in ddrl's PPO: the NumPy actor on num_envs observations,
+    then the Gumbel-max draw (Discrete) or the noisy, clipped mean (Box), as in ``PPO.run_task``."""
     from ddrl import envs
-    from ddrl.ppo import ActorCritic
+    from ddrl.ppo import ActorCritic, actor_forward, numpy_actor
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # restored below: the driver's own evaluations keep ddrl's default
     env = envs.describe(config.env)
-    model = ActorCritic(env, config.hyperparameters)
-    obs = torch.zeros((config.env.num_envs, env.observation_dim))
-    calls = 500
+    hp = config.hyperparameters
+    layers = numpy_actor(ActorCritic(env, hp).actor)
+    obs = np.zeros((config.env.num_envs, env.observation_dim), dtype=np.float32)
+    noise = np.zeros((config.env.num_envs, env.action_dim), dtype=np.float32)
+    low, high = np.array(env.action_low), np.array(env.action_high)
+    calls = 2000
 
     def steps() -> None:
         for _ in range(calls):
-            with torch.inference_mode():
-                action, log_prob = model.sample(obs)
-                model.value(obs).numpy()
-            action.numpy(), log_prob.numpy()
+            output = actor_forward(layers, obs, hp.activation) + noise
+            output.argmax(axis=1) if env.discrete else np.minimum(np.maximum(output, low), high)
 
-    try:
-        seconds, _ = timed(steps, repetitions)
-    finally:
-        torch.set_num_threads(threads)
+    seconds, _ = timed(steps, repetitions)
     return seconds / calls
 
 
@@ -463,10 +457,10 @@ def throughput(bench: Bench) -> dict[str, Any]:
             row(case, "raw env steps/s (1 process, random actions)", raw, "steps/s"),
             row(case, "ddrl rollout steps/s per task (1 core)", rollout_rate, "steps/s"),
             row(case, "rollout / raw", ratio * 100, "%", f">= {target * 100:.0f}%", ratio >= target),
-            row(case, "torch policy per rollout step (sample + value)", policy_step * 1e6, "us"),
-            row(case, "share of rollout time in torch policy calls", inference_share * 100, "%"),
+            row(case, "policy per rollout step (NumPy actor + action draw)", policy_step * 1e6, "us"),
+            row(case, "share of rollout time in the policy step", inference_share * 100, "%"),
             row(case, "share of rollout time in env.step (at the raw rate)", env_share * 100, "%"),
-            row(case, "share of rollout time elsewhere (Python/NumPy bookkeeping, GAE)", max(1 - inference_share - env_share, 0.0) * 100, "%"),
+            row(case, "share of rollout time elsewhere (loop, normalization, values, GAE)", max(1 - inference_share - env_share, 0.0) * 100, "%"),
             row(case, "ddrl whole-iteration steps/s (2 tasks)", whole, "steps/s"),
             row(case, "whole-iteration / (raw x cores)", whole / (raw * (os.cpu_count() or 1)) * 100, "%"),
             row(case, "samples/s through the update per task", update_rate, "steps/s"),
