@@ -252,7 +252,7 @@ class EvolutionStrategy(abc.ABC):
 
     def policy(self, state: State) -> Policy:
         """theta as a ``ddrl.policy.Policy`` (the same actor ``ddrl.load_policy`` rebuilds)."""
-        actor = build_actor(self.env, self.architecture)
+        actor = build_actor(self.env, self.architecture, initialize=False)
         torch.nn.utils.vector_to_parameters(torch.as_tensor(state["params"], dtype=torch.float32), actor.parameters())
         obs = _moments_from_state(state)
         normalized = self.hp.normalize_observation

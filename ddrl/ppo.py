@@ -55,11 +55,12 @@ class Hyperparameters(StrictModel):
 class ActorCritic(nn.Module):
     """Separate actor and critic MLPs; a categorical head for Discrete actions, a diagonal Gaussian for Box."""
 
-    def __init__(self, env: EnvInfo, hp: Hyperparameters) -> None:
+    def __init__(self, env: EnvInfo, hp: Hyperparameters, initialize: bool = True) -> None:
+        """``initialize=False`` skips the orthogonal initialization, for loading trained weights right after."""
         super().__init__()
         self.discrete = env.discrete
-        self.critic = mlp(env.observation_dim, hp.hidden_sizes, 1, hp.activation, 1.0)
-        self.actor = build_actor(env, self.architecture(hp))
+        self.critic = mlp(env.observation_dim, hp.hidden_sizes, 1, hp.activation, 1.0, initialize)
+        self.actor = build_actor(env, self.architecture(hp), initialize)
         if not env.discrete:
             self.log_std = nn.Parameter(torch.full((env.action_dim,), hp.log_std_init))
 
@@ -199,7 +200,7 @@ class PPO:
         return new_state, metrics
 
     def policy(self, state: State) -> Policy:
-        model = ActorCritic(self.env, self.hp)
+        model = ActorCritic(self.env, self.hp, initialize=False)
         load_flat_parameters(model, state["params"])
         obs = _moments_from_state("obs", state)
         normalized = self.hp.normalize_observation
@@ -365,7 +366,7 @@ class PPO:
             _WORKER_CACHE.clear()  # one config at a time: a worker that moves on frees the old envs
             vector_env = envs_module.make_vector_env(self.config.env, self.config.env.num_envs)
             with torch.random.fork_rng():  # the task's seeded generator must not depend on a cold or warm cache
-                model = ActorCritic(self.env, self.hp)
+                model = ActorCritic(self.env, self.hp, initialize=False)
             optimizer = torch.optim.Adam(model.parameters(), lr=self.hp.learning_rate, eps=self.hp.adam_eps)
             _WORKER_CACHE[key] = (vector_env, model, optimizer)
         return _WORKER_CACHE[key]
