@@ -35,3 +35,7 @@ class Algorithm(Protocol):
 
     def policy(self, state: State) -> Policy:
         """The deterministic policy the state holds, for evaluation and saving."""
+
+    def weighted_size(self) -> int:
+        """How many numbers one task's ``TaskOutput.weighted`` holds: the loop refuses, before the first job,
+        a model whose results the driver could not collect."""

@@ -258,6 +258,10 @@ class EvolutionStrategy(abc.ABC):
         normalized = self.hp.normalize_observation
         return Policy(actor, self.env, self.architecture, obs.mean if normalized else None, obs.variance if normalized else None)
 
+    def weighted_size(self) -> int:
+        """Nothing: tasks return their directions' returns keyed by seed, O(N) numbers, not O(parameters)."""
+        return 0
+
     # ---- executor side -------------------------------------------------------------------------------------
     def run_task(self, payload: dict[str, Any], task_index: int, seed: int) -> TaskOutput:
         """Evaluate this task's slice of the directions, both halves on the same env seeds.

@@ -18,6 +18,8 @@ import numpy as np
 _LIMB_BITS = 40
 _LIMB_SCALE = float(2**_LIMB_BITS)
 _MAX_MAGNITUDE = float(2**62)
+BYTES_PER_WEIGHTED_VALUE = 3 * 8
+"""A weighted value travels as three int64 limbs (``to_limbs``)."""
 
 
 def to_limbs(values: np.ndarray) -> np.ndarray:

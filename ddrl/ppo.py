@@ -212,6 +212,14 @@ class PPO:
             obs.variance if normalized else None,
         )
 
+    def weighted_size(self) -> int:
+        """Parameters and both Adam moments, plus the squared norm (counted, not built: models may be huge)."""
+        sizes = [self.env.observation_dim, *self.hp.hidden_sizes]
+        hidden_layers = sum((size_in + 1) * size_out for size_in, size_out in zip(sizes, sizes[1:]))
+        heads = (sizes[-1] + 1) * (1 + self.env.action_dim)  # critic and actor outputs
+        log_std = 0 if self.env.discrete else self.env.action_dim
+        return 3 * (2 * hidden_layers + heads + log_std) + 1
+
     # ---- executor side -------------------------------------------------------------------------------------
     def run_task(self, payload: dict[str, Any], task_index: int, seed: int) -> TaskOutput:
         hp, num_envs = self.hp, self.config.env.num_envs

@@ -25,7 +25,7 @@ import pyarrow as pa
 from ddrl import checkpoint, envs
 from ddrl.algorithm import Algorithm
 from ddrl.config import ALGORITHMS, Config, ConfigError
-from ddrl.merge import Partial, merge
+from ddrl.merge import BYTES_PER_WEIGHTED_VALUE, Partial, merge
 from ddrl.policy import Policy
 from ddrl.run import Run
 from ddrl.seeding import Stream, derive_seed, seed_everything
@@ -76,6 +76,7 @@ def train(
     spark_context = _spark_context(spark)
     _ship_package(spark_context)
     algorithm: Algorithm = importlib.import_module(ALGORITHMS[run.config.algo]).build(run.config, run.env)
+    _check_result_size(spark_context, run.config, algorithm)
     if observers is None:
         observers = default_observers(run.config)
     return _Loop(run, algorithm, spark_context, started, observers).train()
@@ -105,6 +106,40 @@ def _ship_package(spark_context: Any) -> None:
     archive = shutil.make_archive(str(archive_dir / "ddrl"), "zip", package_dir.parent, package_dir.name)
     spark_context.addPyFile(archive)
     _SHIPPED.add(spark_context.applicationId)
+
+
+DRIVER_HEAP_SHARE = 0.15
+"""The share of the driver's JVM heap that results collected in one job may take: in local mode the heap holds
+them several times over (executor, block manager, fetched copy).  2 x 240 MB on a 2 GiB heap (23 %) ran out
+of it, and the job then hung (BENCHMARKS.md, cost model)."""
+
+
+def _check_result_size(spark_context: Any, config: Config, algorithm: Algorithm) -> None:
+    """Refuse, before the first job, a model whose task results the driver cannot collect: Spark would abort the
+    job at ``spark.driver.maxResultSize`` or, short of heap, hang without an error."""
+    per_task = algorithm.weighted_size() * BYTES_PER_WEIGHTED_VALUE
+    collected = per_task * driver_fan_in(config.spark.num_tasks, config.spark.tree_depth)
+    jvm = spark_context._jvm
+    heap = int(jvm.java.lang.Runtime.getRuntime().maxMemory())
+    max_result_size = int(jvm.org.apache.spark.network.util.JavaUtils.byteStringAsBytes(
+        spark_context.getConf().get("spark.driver.maxResultSize", "1g")))
+    limits = {"spark.driver.maxResultSize": max_result_size or math.inf, f"{DRIVER_HEAP_SHARE:.0%} of the driver's heap": heap * DRIVER_HEAP_SHARE}
+    name, limit = min(limits.items(), key=lambda item: item[1])
+    if collected > limit:
+        raise ConfigError(
+            f"spark: each task returns {per_task / 2**20:.0f} MiB ({algorithm.weighted_size():,} weighted values), and "
+            f"the driver would collect {collected / 2**20:.0f} MiB per iteration, over {name} ({limit / 2**20:.0f} MiB): "
+            "use a smaller model, a deeper spark.tree_depth, or more spark.driver.memory"
+        )
+
+
+def driver_fan_in(num_tasks: int, depth: int) -> int:
+    """How many partial results ``RDD.treeReduce(depth)`` collects on the driver: PySpark's treeAggregate plan."""
+    partitions: float = num_tasks
+    scale = max(int(math.ceil(num_tasks ** (1.0 / depth))), 2)
+    while partitions > scale + partitions / scale:
+        partitions /= scale
+    return int(partitions)
 
 
 def _run_task(algorithm: Algorithm, payload: Any, task: tuple[int, int]) -> Partial:

@@ -67,9 +67,9 @@ class Sizes:
     repetitions: int = 5  # of every micro-measurement (medians are reported)
     throughput_iterations: int = 12
     breakdown_iterations: int = 21  # CartPole PPO
-    breakdown_ars_iterations: int = 11  # HalfCheetah ARS (64k steps each; eval every 5th)
+    breakdown_ars_iterations: int = 21  # HalfCheetah ARS (64k steps each; evaluations after 10 and 20, the config's cadence)
     scaling_cartpole_iterations: int = 12
-    scaling_ars_iterations: int = 6
+    scaling_ars_iterations: int = 11  # one evaluation (after 10) among the 10 measured iterations, as in the config
     scaling_ars: bool = True
     scaling_repeats: int = 3  # interleaved: 1 core, 2 cores, 1 core, ...; the median ratio is reported
     cost_sizes: tuple[int, ...] = (10_000, 1_000_000, 10_000_000)

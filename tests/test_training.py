@@ -11,7 +11,9 @@ import pytest
 from conftest import small_ppo_config
 
 import ddrl
-from ddrl import checkpoint
+from ddrl import checkpoint, envs, ppo
+from ddrl import config as config_module
+from ddrl.trainer import driver_fan_in
 
 
 def final_params(run_dir) -> np.ndarray:
@@ -126,3 +128,29 @@ def test_every_result_rejected_stops_the_run_and_keeps_no_bad_checkpoint(spark, 
     with pytest.raises(ddrl.TrainingError, match="every task's result was rejected"):
         ddrl.train(spark, nan_config(tmp_path, [0, 1]), run_dir=tmp_path / "run")
     assert checkpoint.load_latest(tmp_path / "run" / "checkpoints") is None
+
+
+# ---- models too large for the driver -------------------------------------------------------------------------
+
+
+def test_a_model_whose_results_the_driver_cannot_collect_is_refused_before_any_job(spark, tmp_path):
+    # 2 x 2048 hidden units: 8.4M parameters, 3 arrays of 24-byte limbs = 578 MiB per task, twice that at the driver.
+    config = small_ppo_config(tmp_path, ppo={"hidden_sizes": [2048, 2048]})
+    jobs_before = spark.sparkContext.statusTracker().getJobIdsForGroup()
+    with pytest.raises(ddrl.ConfigError, match=r"^spark: each task returns 578 MiB .* the driver would collect 1156 MiB"):
+        ddrl.train(spark, config, run_dir=tmp_path / "too-large")
+    assert spark.sparkContext.statusTracker().getJobIdsForGroup() == jobs_before
+    assert not (tmp_path / "too-large").exists()
+
+
+@pytest.mark.parametrize("hidden_sizes, env_id", [([64, 64], "CartPole-v1"), ([32], "Pendulum-v1"), ([8, 16, 4], "Acrobot-v1")])
+def test_ppo_counts_its_weighted_values_as_the_task_returns_them(tmp_path, hidden_sizes, env_id):
+    config = config_module.load(small_ppo_config(tmp_path, env={"id": env_id}, ppo={"hidden_sizes": hidden_sizes}))
+    algorithm = ppo.PPO(config, envs.describe(config.env))
+    params = algorithm.initial_state()["params"]
+    assert algorithm.weighted_size() == 3 * len(params) + 1
+
+
+@pytest.mark.parametrize("num_tasks, depth, fan_in", [(2, 1, 2), (2, 3, 2), (8, 1, 8), (8, 2, 2), (8, 3, 4), (100, 2, 10), (1000, 3, 10)])
+def test_driver_fan_in_follows_pysparks_tree_plan(num_tasks, depth, fan_in):
+    assert driver_fan_in(num_tasks, depth) == fan_in
