@@ -50,5 +50,10 @@ class Moments:
 
 def normalize(values: np.ndarray, mean: np.ndarray, variance: np.ndarray) -> np.ndarray:
     """Standardize and clip to [-CLIP, CLIP], as gymnasium's NormalizeObservation wrapper does."""
-    # minimum/maximum rather than np.clip: the same values, at half the per-call cost in a rollout's step loop
-    return np.minimum(np.maximum((values - mean) / np.sqrt(variance + EPSILON), -CLIP), CLIP).astype(np.float32)
+    return standardize(values, mean, np.sqrt(variance + EPSILON)).astype(np.float32)
+
+
+def standardize(values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``normalize`` in float64 with ``std = sqrt(variance + EPSILON)`` computed once, for a rollout's step loop."""
+    # minimum/maximum rather than np.clip: the same values, at half the per-call cost
+    return np.minimum(np.maximum((values - mean) / std, -CLIP), CLIP)

@@ -22,7 +22,7 @@ from ddrl.checkpoint import State
 from ddrl.config import Config, StrictModel
 from ddrl.envs import EnvInfo
 from ddrl.merge import MergedResult, TaskOutput
-from ddrl.normalizer import Moments, normalize
+from ddrl.normalizer import EPSILON, Moments, standardize
 from ddrl.policy import Policy, build_actor, mlp
 from ddrl.seeding import Stream, derive_seed
 
@@ -226,7 +226,7 @@ class PPO:
         vector_env, model, optimizer = self._worker_objects()
         load_flat_parameters(model, payload["params"])
         _load_adam_state(optimizer, model, payload)
-        obs_mean, obs_variance = payload["obs_mean"], payload["obs_variance"]
+        obs_mean, obs_std = payload["obs_mean"], np.sqrt(payload["obs_variance"] + EPSILON)
         reward_scale = 1.0 / math.sqrt(payload["return_variance"] + 1e-8) if hp.normalize_reward else 1.0
 
         # ---- rollout: num_steps steps of num_envs envs with the broadcast policy.  Per step only the actor runs,
@@ -252,7 +252,7 @@ class PPO:
 
         raw_observations[0], _ = vector_env.reset(seed=seed)
         for t in range(num_steps):
-            observations[t] = _policy_input(raw_observations[t], hp, obs_mean, obs_variance)
+            observations[t] = _policy_input(raw_observations[t], hp, obs_mean, obs_std)
             output = actor_forward(layers, observations[t], hp.activation)
             if self.env.discrete:
                 actions[t] = env_action = (output + noise[t]).argmax(axis=1)  # Gumbel-max: a sample of softmax(logits)
@@ -260,7 +260,7 @@ class PPO:
                 actions[t] = output + noise[t]
                 env_action = np.minimum(np.maximum(actions[t], action_low), action_high)
             raw_observations[t + 1], rewards[t], terminated[t], truncated[t], _ = vector_env.step(env_action)
-        observations[num_steps] = _policy_input(raw_observations[num_steps], hp, obs_mean, obs_variance)
+        observations[num_steps] = _policy_input(raw_observations[num_steps], hp, obs_mean, obs_std)
 
         # With NEXT_STEP autoreset, the step after an episode ends only resets that env (reward 0, not done):
         # it is not a transition.  Every task starts its envs fresh, so episodes start at step 0.
@@ -383,8 +383,8 @@ class PPO:
 _WORKER_CACHE: dict[tuple[str, str], tuple[Any, ActorCritic, torch.optim.Adam]] = {}
 
 
-def _policy_input(raw_obs: np.ndarray, hp: Hyperparameters, mean: np.ndarray, variance: np.ndarray) -> np.ndarray:
-    return normalize(raw_obs, mean, variance) if hp.normalize_observation else raw_obs
+def _policy_input(raw_obs: np.ndarray, hp: Hyperparameters, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    return standardize(raw_obs, mean, std) if hp.normalize_observation else raw_obs
 
 
 def _finished_episodes(rewards: np.ndarray, valid: np.ndarray, done: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
