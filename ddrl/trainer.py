@@ -124,7 +124,10 @@ def _check_result_size(spark_context: Any, config: Config, algorithm: Algorithm)
     heap = int(jvm.java.lang.Runtime.getRuntime().maxMemory())
     max_result_size = int(jvm.org.apache.spark.network.util.JavaUtils.byteStringAsBytes(
         spark_context.getConf().get("spark.driver.maxResultSize", "1g")))
-    limits = {"spark.driver.maxResultSize": max_result_size or math.inf, f"{DRIVER_HEAP_SHARE:.0%} of the driver's heap": heap * DRIVER_HEAP_SHARE}
+    limits = {
+        "spark.driver.maxResultSize": max_result_size or math.inf,  # 0 means unlimited
+        f"{DRIVER_HEAP_SHARE:.0%} of the driver's heap": heap * DRIVER_HEAP_SHARE,
+    }
     name, limit = min(limits.items(), key=lambda item: item[1])
     if collected > limit:
         raise ConfigError(

@@ -637,8 +637,26 @@ def _tiny_partial(index: int) -> Any:
     return _make_partial(index, 1)
 
 
+def partial_costs(values: np.ndarray, repetitions: int) -> dict[str, Any]:
+    """Driver-side costs of one task's Partial for ``values``: making, merging, finishing and (un)pickling it."""
+    from pyspark.serializers import CPickleSerializer
+
+    from ddrl.merge import Partial, to_limbs
+
+    costs: dict[str, Any] = {"float32_bytes": values.nbytes}
+    costs["to_limbs_s"], limbs = timed(lambda: to_limbs(values.astype(np.float64)), repetitions)
+    partial = Partial(1, {"params": limbs}, {}, {})
+    costs["merge_pair_s"], _ = timed(lambda: partial.merge(partial), repetitions)
+    costs["finish_s"], _ = timed(partial.finish, repetitions)
+    serializer = CPickleSerializer()
+    costs["pickle_s"], pickled = timed(lambda: serializer.dumps(partial), repetitions)
+    costs["unpickle_s"], _ = timed(lambda: serializer.loads(pickled), repetitions)  # our own bytes, just made
+    costs["partial_bytes"] = len(pickled)
+    return costs
+
+
 def cost_model(bench: Bench) -> dict[str, Any]:
-    from ddrl.merge import Partial, merge, to_limbs
+    from ddrl.merge import merge
 
     sizes = bench.sizes
     context = bench.spark().sparkContext
@@ -667,20 +685,8 @@ def cost_model(bench: Bench) -> dict[str, Any]:
 
     for size in sizes.cost_sizes:
         log(f"cost_model: {size:,} parameters")
-        entry: dict[str, Any] = {"broadcast": {}, "tree_reduce": {}}
         values = np.random.default_rng(0).standard_normal(size, dtype=np.float32)
-        entry["to_limbs_s"], limbs = timed(lambda: to_limbs(values.astype(np.float64)), repetitions)
-        partial = Partial(1, {"params": limbs}, {}, {})
-        entry["merge_pair_s"], _ = timed(lambda: partial.merge(partial), repetitions)
-        entry["finish_s"], _ = timed(partial.finish, repetitions)
-        from pyspark.serializers import CPickleSerializer
-
-        serializer = CPickleSerializer()
-        entry["pickle_s"], pickled = timed(lambda: serializer.dumps(partial), repetitions)
-        entry["unpickle_s"], _ = timed(lambda: serializer.loads(pickled), repetitions)  # our own bytes, just made
-        entry["partial_bytes"] = len(pickled)
-        entry["float32_bytes"] = values.nbytes
-        del pickled, limbs, partial
+        entry: dict[str, Any] = {"broadcast": {}, "tree_reduce": {}, **partial_costs(values, repetitions)}
         case = f"{size:,} params"
         rows += [
             row(case, "Partial on the wire (3 int64 limbs/param)", entry["partial_bytes"] / 1e6, "MB"),
