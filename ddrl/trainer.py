@@ -146,27 +146,35 @@ def driver_fan_in(num_tasks: int, depth: int) -> int:
     return int(partitions)
 
 
-def _run_task(algorithm: Algorithm, payload: Any, task: tuple[int, int]) -> Partial:
+def _run_task(algorithm: Algorithm, payload: Any, task: tuple[int, int], run_fingerprint: str) -> Partial:
     """Executor side: one task, reseeded from its own seed so that a retry returns the same bytes."""
     index, seed = task
     _limit_threads()
     seed_everything(seed)
     partial = Partial.of_task(index, algorithm.run_task(payload.value, index, seed))
-    _freeze_long_lived_objects()
+    _freeze_long_lived_objects(run_fingerprint)
     return partial
 
 
-def _freeze_long_lived_objects() -> None:
-    """Once per Python worker, after its first task: hide what that task imported and cached (torch, gymnasium,
+_frozen_for_run: str | None = None
+
+
+def _freeze_long_lived_objects(run_fingerprint: str) -> None:
+    """After a Python worker's first task of a config: hide what that task imported and cached (torch, gymnasium,
     envs, modules; ~180k objects) from the cyclic garbage collector.
 
     PySpark's daemon runs a full ``gc.collect()`` after every task of a reused worker, and over torch's objects
     that takes ~90 ms, during which the worker cannot start the next job's task.  Frozen objects are still
-    freed when their reference counts drop; only cycles among them are never collected.
+    freed when their reference counts drop.  A worker that moves on to another config unfreezes first, so that
+    the cycles among the previous config's cached envs are collected.
     """
-    if gc.get_freeze_count() == 0:
-        gc.collect()
-        gc.freeze()
+    global _frozen_for_run
+    if _frozen_for_run == run_fingerprint:
+        return
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    _frozen_for_run = run_fingerprint
 
 
 def _limit_threads() -> None:
@@ -290,11 +298,11 @@ class _Loop:
         timer = time.perf_counter()
         num_tasks = config.spark.num_tasks
         tasks = [(index, derive_seed(config.seed, iteration, index)) for index in range(num_tasks)]
-        algorithm = self.algorithm
+        algorithm, fingerprint = self.algorithm, config.fingerprint()
         try:
             partial = (
                 spark_context.parallelize(tasks, num_tasks)
-                .map(lambda task: _run_task(algorithm, payload, task))
+                .map(lambda task: _run_task(algorithm, payload, task, fingerprint))
                 .treeReduce(merge, depth=config.spark.tree_depth)
             )
         except Exception as error:
