@@ -16,6 +16,7 @@ from ddrl.envs import EnvInfo
 from ddrl.normalizer import normalize
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+ACTIVATION_FUNCTIONS = {"tanh": torch.tanh, "relu": torch.relu}
 POLICY_WEIGHTS = "policy.safetensors"
 POLICY_SPEC = "policy.json"
 
@@ -70,7 +71,7 @@ class Policy:
             batch = normalize(batch, self.observation_mean, self.observation_variance)
         # The actor's layers called as functions: the same kernels (and bits) as the module, without
         # nn.Module's per-call cost, which dominates at evaluation's one call per env step.
-        activation = torch.tanh if self.architecture["activation"] == "tanh" else torch.relu
+        activation = ACTIVATION_FUNCTIONS[self.architecture["activation"]]
         with torch.inference_mode():
             hidden = torch.from_numpy(batch)
             for weight, bias in self.layers[:-1]:
