@@ -219,6 +219,7 @@ class _Loop:
         self.algorithm = algorithm
         self.spark_context = spark_context
         self.started = started
+        self.fingerprint = self.config.fingerprint()
 
     def train(self) -> TrainResult:
         run, config = self.run, self.config
@@ -249,7 +250,7 @@ class _Loop:
             # The metrics row first, then the checkpoint: a driver killed in between repeats the iteration on
             # resume (its row is dropped and rewritten); the other order would lose the row for good.
             if iteration % config.output.checkpoint_every == 0 or progress.finished:
-                meta = {**dataclasses.asdict(progress), "fingerprint": config.fingerprint()}
+                meta = {**dataclasses.asdict(progress), "fingerprint": self.fingerprint}
                 checkpoint.save(run.checkpoints, iteration, state, meta, config.output.keep_checkpoints)
             for observer in self.observers:
                 observer.on_iteration(iteration, metrics)
@@ -298,7 +299,7 @@ class _Loop:
         timer = time.perf_counter()
         num_tasks = config.spark.num_tasks
         tasks = [(index, derive_seed(config.seed, iteration, index)) for index in range(num_tasks)]
-        algorithm, fingerprint = self.algorithm, config.fingerprint()
+        algorithm, fingerprint = self.algorithm, self.fingerprint
         try:
             partial = (
                 spark_context.parallelize(tasks, num_tasks)
