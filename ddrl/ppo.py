@@ -108,6 +108,31 @@ def actor_forward(layers: list[tuple[np.ndarray, np.ndarray]], obs: np.ndarray, 
     return hidden @ weight_t + bias
 
 
+def noisy_actions(
+    layers: list[tuple[np.ndarray, np.ndarray]],
+    obs: np.ndarray,
+    noise: np.ndarray,
+    activation: str,
+    bounds: tuple[np.ndarray, np.ndarray] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One rollout step: the sampled actions, and the actions the env receives.
+
+    Discrete (``bounds`` None): Gumbel-max, argmax(logits + Gumbel noise), a sample of softmax(logits).  Box:
+    mean + std * normal noise (``noise`` comes scaled by std), clipped to ``bounds`` for the env only.
+    """
+    output = actor_forward(layers, obs, activation) + noise
+    if bounds is None:
+        actions = output.argmax(axis=1)
+        return actions, actions
+    low, high = bounds
+    return output, np.minimum(np.maximum(output, low), high)
+
+
+def action_bounds(env: EnvInfo) -> tuple[np.ndarray, np.ndarray] | None:
+    """``noisy_actions``' bounds for ``env``: None for Discrete actions, else (low, high) arrays."""
+    return None if env.discrete else (np.array(env.action_low), np.array(env.action_high))
+
+
 def compute_gae(
     rewards: np.ndarray,
     values: np.ndarray,
@@ -242,8 +267,7 @@ class PPO:
             noise = rng.standard_normal((num_steps, num_envs, self.env.action_dim), dtype=np.float32)
             noise *= np.exp(model.log_std.detach().numpy())
             actions = np.zeros((num_steps, num_envs, self.env.action_dim), dtype=np.float32)
-        layers = numpy_actor(model.actor)
-        action_low, action_high = np.array(self.env.action_low), np.array(self.env.action_high)
+        layers, bounds = numpy_actor(model.actor), action_bounds(self.env)
         raw_observations = np.zeros((num_steps + 1, num_envs, obs_dim))
         observations = np.zeros((num_steps + 1, num_envs, obs_dim), dtype=np.float32)
         rewards = np.zeros((num_steps, num_envs))
@@ -253,12 +277,7 @@ class PPO:
         raw_observations[0], _ = vector_env.reset(seed=seed)
         for t in range(num_steps):
             observations[t] = _policy_input(raw_observations[t], hp, obs_mean, obs_std)
-            output = actor_forward(layers, observations[t], hp.activation)
-            if self.env.discrete:
-                actions[t] = env_action = (output + noise[t]).argmax(axis=1)  # Gumbel-max: a sample of softmax(logits)
-            else:
-                actions[t] = output + noise[t]
-                env_action = np.minimum(np.maximum(actions[t], action_low), action_high)
+            actions[t], env_action = noisy_actions(layers, observations[t], noise[t], hp.activation, bounds)
             raw_observations[t + 1], rewards[t], terminated[t], truncated[t], _ = vector_env.step(env_action)
         observations[num_steps] = _policy_input(raw_observations[num_steps], hp, obs_mean, obs_std)
 

@@ -403,23 +403,21 @@ def raw_env_rate(env_config: Any, num_envs: int, seconds: float, repetitions: in
 
 
 def policy_step_seconds(config: Any, repetitions: int) -> float:
-    """Median seconds of one rollout step's policy work in ddrl's PPO: the NumPy actor on num_envs observations,
-    then the Gumbel-max draw (Discrete) or the noisy, clipped mean (Box), as in ``PPO.run_task``."""
+    """Median seconds of one rollout step's policy work in ddrl's PPO (``ddrl.ppo.noisy_actions`` on num_envs
+    observations: the NumPy actor and the action draw)."""
     from ddrl import envs
-    from ddrl.ppo import ActorCritic, actor_forward, numpy_actor
+    from ddrl.ppo import ActorCritic, action_bounds, noisy_actions, numpy_actor
 
     env = envs.describe(config.env)
     hp = config.hyperparameters
-    layers = numpy_actor(ActorCritic(env, hp).actor)
+    layers, bounds = numpy_actor(ActorCritic(env, hp).actor), action_bounds(env)
     obs = np.zeros((config.env.num_envs, env.observation_dim), dtype=np.float32)
     noise = np.zeros((config.env.num_envs, env.action_dim), dtype=np.float32)
-    low, high = np.array(env.action_low), np.array(env.action_high)
     calls = 2000
 
     def steps() -> None:
         for _ in range(calls):
-            output = actor_forward(layers, obs, hp.activation) + noise
-            output.argmax(axis=1) if env.discrete else np.minimum(np.maximum(output, low), high)
+            noisy_actions(layers, obs, noise, hp.activation, bounds)
 
     seconds, _ = timed(steps, repetitions)
     return seconds / calls
