@@ -4,7 +4,8 @@ The loop knows nothing of the algorithm's math, the algorithm nothing of Spark. 
 
 1. asks ``task_payload(state, iteration)`` for what every task needs, and broadcasts it;
 2. runs ``run_task(payload, task_index, seed)`` in each Spark task, the seed derived from (run seed,
-   iteration, task index);
+   iteration, task index); on evaluation iterations the tasks also evaluate ``payload_policy(payload)``, each
+   a share of the evaluation episodes;
 3. merges the tasks' ``TaskOutput``s exactly (``ddrl.merge``) with ``RDD.treeReduce``;
 4. calls ``apply(state, merged, iteration)`` on the driver for the next state and the iteration's metrics.
 
@@ -36,6 +37,9 @@ class Algorithm(Protocol):
     def policy(self, state: State) -> Policy:
         """The deterministic policy the state holds, for evaluation and saving."""
 
-    def weighted_size(self) -> int:
-        """How many numbers one task's ``TaskOutput.weighted`` holds: the loop refuses, before the first job,
-        a model whose results the driver could not collect."""
+    def payload_policy(self, payload: dict[str, Any]) -> Policy:
+        """The policy of the state a payload was made from (``policy(state)``), for evaluation inside tasks."""
+
+    def task_result_bytes(self) -> int:
+        """Bytes one task's ``TaskOutput.weighted`` and ``fixed`` arrays take: the loop refuses, before the first
+        job, a model whose results the driver could not collect."""

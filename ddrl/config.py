@@ -46,9 +46,10 @@ class TrainConfig(StrictModel):
     target_return: float | None = Field(None, description="Evaluation mean that counts as solved; the env's reward_threshold by default.")
     stop_at_target: bool = Field(True, description="Stop once evaluations reach target_return (see solved_evaluations).")
     solved_evaluations: int = Field(2, ge=1, description="Consecutive evaluations at or above target_return that count as solved.")
-    eval_every: int = Field(1, ge=1, description="Evaluate the policy every this many iterations.")
-    eval_episodes: int = Field(10, ge=1, description="Episodes per evaluation during training.")
-    final_eval_episodes: int = Field(20, ge=1, description="Episodes of the final evaluation.")
+    eval_every: int = Field(1, ge=1, description="Evaluate the policy every this many iterations, inside their Spark job.")
+    eval_episodes: int = Field(10, ge=1, description="Episodes per evaluation during training, spread over the tasks.")
+    final_eval_episodes: int = Field(20, ge=1, description="Episodes of the final evaluation (on the driver).")
+    keep_best: bool = Field(True, description="Keep the best-evaluated policy in RUN_DIR/best beside the final one.")
 
 
 class OutputConfig(StrictModel):

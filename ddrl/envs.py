@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -90,16 +90,31 @@ def make_vector_env(env: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
     return vector_env
 
 
+def make_evaluation_env(env: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
+    """A synchronous vector of single envs, each of which a ``reset(seed=[...])`` seeds on its own."""
+    return gym.make_vec(_registered_id(env.id), num_envs, vectorization_mode="sync", **_make_kwargs(env))
+
+
 def evaluate(
-    act: Callable[[np.ndarray], np.ndarray], env: EnvConfig, episodes: int, seed: int
+    act: Callable[[np.ndarray], np.ndarray],
+    env: EnvConfig,
+    episodes: int,
+    seed: int | Sequence[int],
+    vector_env: gym.vector.VectorEnv | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run ``episodes`` episodes in parallel, one per sub-env, with ``act`` on batches of observations.
 
-    Returns each episode's return and length, in sub-env order.
+    Episode i starts from ``seed + i``, or from ``seed[i]`` when ``seed`` is a sequence: each episode depends on
+    its own seed and the policy only.  ``vector_env`` (from ``make_evaluation_env``, ``episodes`` sub-envs) is
+    reused instead of building one.  Returns each episode's return and length, in episode order.
     """
-    vector_env = make_vector_env(env, episodes)
+    seeds = [seed + index for index in range(episodes)] if isinstance(seed, int) else [int(s) for s in seed]
+    if len(seeds) != episodes:
+        raise ValueError(f"{episodes} episodes need {episodes} seeds, got {len(seeds)}")
+    own_env = vector_env is None
+    vector_env = make_evaluation_env(env, episodes) if vector_env is None else vector_env
     try:
-        observations, _ = vector_env.reset(seed=seed)
+        observations, _ = vector_env.reset(seed=seeds)
         returns = np.zeros(episodes)
         lengths = np.zeros(episodes, dtype=np.int64)
         running = np.ones(episodes, dtype=bool)
@@ -110,7 +125,8 @@ def evaluate(
             running &= ~(terminated | truncated)
         return returns, lengths
     finally:
-        vector_env.close()
+        if own_env:
+            vector_env.close()
 
 
 def _one_line(error: BaseException) -> str:

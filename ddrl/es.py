@@ -42,7 +42,7 @@ from ddrl.envs import EnvInfo
 from ddrl.merge import MergedResult, TaskOutput
 from ddrl.normalizer import Moments, normalize
 from ddrl.policy import Policy, build_actor
-from ddrl.seeding import Stream, derive_seed
+from ddrl.seeding import Stream, derive_seed, task_slice
 
 ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON = 0.9, 0.999, 1e-8
 
@@ -92,11 +92,6 @@ def perturbation_noise(seed: int, size: int) -> np.ndarray:
 def episode_seed(perturbation_seed: int, episode: int) -> int:
     """The env seed of an episode: both mirrored halves of a perturbation use it (common random numbers)."""
     return int(np.random.SeedSequence([int(perturbation_seed), episode]).generate_state(1)[0])
-
-
-def task_slice(task_index: int, num_tasks: int, num_directions: int) -> slice:
-    """The contiguous share of the N directions that task ``task_index`` evaluates (sizes differ by at most 1)."""
-    return slice(task_index * num_directions // num_tasks, (task_index + 1) * num_directions // num_tasks)
 
 
 # ---- the update math ---------------------------------------------------------------------------------------
@@ -252,14 +247,20 @@ class EvolutionStrategy(abc.ABC):
 
     def policy(self, state: State) -> Policy:
         """theta as a ``ddrl.policy.Policy`` (the same actor ``ddrl.load_policy`` rebuilds)."""
-        actor = build_actor(self.env, self.architecture, initialize=False)
-        torch.nn.utils.vector_to_parameters(torch.as_tensor(state["params"], dtype=torch.float32), actor.parameters())
         obs = _moments_from_state(state)
-        normalized = self.hp.normalize_observation
-        return Policy(actor, self.env, self.architecture, obs.mean if normalized else None, obs.variance if normalized else None)
+        return self._policy(state["params"], obs.mean, obs.variance)
 
-    def weighted_size(self) -> int:
-        """Nothing: tasks return their directions' returns keyed by seed, O(N) numbers, not O(parameters)."""
+    def payload_policy(self, payload: dict[str, Any]) -> Policy:
+        return self._policy(payload["params"], payload["obs_mean"], payload["obs_variance"])
+
+    def _policy(self, params: np.ndarray, obs_mean: np.ndarray, obs_variance: np.ndarray) -> Policy:
+        actor = build_actor(self.env, self.architecture, initialize=False)
+        torch.nn.utils.vector_to_parameters(torch.as_tensor(params, dtype=torch.float32), actor.parameters())
+        normalized = self.hp.normalize_observation
+        return Policy(actor, self.env, self.architecture, obs_mean if normalized else None, obs_variance if normalized else None)
+
+    def task_result_bytes(self) -> int:
+        """Nothing per parameter: tasks return their directions' returns keyed by seed, O(N) numbers."""
         return 0
 
     # ---- executor side -------------------------------------------------------------------------------------

@@ -2,14 +2,21 @@
 
 Spark's ``treeReduce`` folds results through ``reduceByKey`` levels whose arrival order varies from run to
 run, and floating-point addition is not associative: ``(a + b) + c`` and ``a + (b + c)`` can differ in the
-last bit.  So weighted sums are kept as exact fixed-point integers ("limbs"), whose addition is associative
-and commutative; the float result is computed once, on the driver, from the exact total.  Small per-task
-records (losses, episode returns, normalizer moments) travel keyed by task index and are read in task order.
+last bit.  So weighted sums travel as integers, whose addition is associative and commutative; the float
+result is computed once, on the driver, from the exact total.  Two formats:
+
+* ``TaskOutput.weighted``: any finite float64, as three int64 limbs (24 bytes a value), exact to 2**-80;
+* ``TaskOutput.fixed``: values of a known range, such as parameter changes, as one int64 each (8 bytes) at a
+  scale 2**-k chosen for the range and the number of tasks (``FixedPoint``).
+
+Small per-task records (losses, episode returns, normalizer moments) travel keyed by task index and are read
+in task order.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any, Mapping
 
@@ -20,6 +27,9 @@ _LIMB_SCALE = float(2**_LIMB_BITS)
 _MAX_MAGNITUDE = float(2**62)
 BYTES_PER_WEIGHTED_VALUE = 3 * 8
 """A weighted value travels as three int64 limbs (``to_limbs``)."""
+BYTES_PER_FIXED_VALUE = 8
+"""A fixed-point value travels as one int64 (``FixedPoint``)."""
+_INT64_MAX = 2**63 - 1
 
 
 def to_limbs(values: np.ndarray) -> np.ndarray:
@@ -64,13 +74,52 @@ def _carry(limbs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return whole, high, low
 
 
+@dataclasses.dataclass(frozen=True)
+class FixedPoint:
+    """int64 fixed-point numbers with scale ``2**-fraction_bits``, for sums of at most ``terms`` values.
+
+    Integer addition modulo 2**64 is associative and commutative, so partial sums may even wrap around, in any
+    order, and the total is still exact whenever the true total lies in int64's range.  Every term within
+    +-``limit`` guarantees that; a term outside it is refused (``encode`` returns why).  Rounding a value to the
+    scale happens once, in the task, the same way in every process.
+    """
+
+    fraction_bits: int
+    terms: int
+
+    @staticmethod
+    def for_sums(terms: int, magnitude: float) -> "FixedPoint":
+        """The finest scale at which ``terms`` values of magnitude up to ``magnitude`` sum within int64."""
+        return FixedPoint(math.floor(math.log2(_INT64_MAX / terms / magnitude)), terms)
+
+    @property
+    def limit(self) -> float:
+        """The largest magnitude one term may have (in value units)."""
+        return math.ldexp(_INT64_MAX // self.terms, -self.fraction_bits)
+
+    def encode(self, values: np.ndarray) -> np.ndarray | str:
+        """The int64 fixed-point form of float ``values``, or the reason they cannot be encoded."""
+        scaled = np.ldexp(np.asarray(values, dtype=np.float64), self.fraction_bits)
+        largest = float(np.max(np.abs(scaled), initial=0.0))
+        if not math.isfinite(largest):
+            return "non-finite values"
+        if largest > _INT64_MAX // self.terms:
+            return f"a value of magnitude {math.ldexp(largest, -self.fraction_bits):.3g} outside the safe range +-{self.limit:.3g}"
+        return np.rint(scaled).astype(np.int64)
+
+    def decode(self, total: np.ndarray) -> np.ndarray:
+        """The float64 nearest the exact total (one rounding, the int64-to-float conversion)."""
+        return np.ldexp(total.astype(np.float64), -self.fraction_bits)
+
+
 @dataclasses.dataclass
 class TaskOutput:
     """What an algorithm's task returns to the Spark loop.
 
-    ``weighted`` arrays are averaged over tasks with ``weight`` (for example, samples collected);
-    ``records`` are small per-task values (scalars or short arrays) handed to the driver in task order,
-    together with the env steps the task took and the episodes it finished.
+    ``weighted`` arrays are averaged over tasks with ``weight`` (for example, samples collected), exactly;
+    ``fixed`` arrays too, at the scale ``fixed_point``, one int64 a value (a task whose weighted values fall
+    outside its range is rejected); ``records`` are small per-task values (scalars or short arrays) handed to
+    the driver in task order, together with the env steps the task took and the episodes it finished.
     """
 
     weight: int
@@ -79,6 +128,8 @@ class TaskOutput:
     env_steps: int
     episode_returns: np.ndarray
     episode_lengths: np.ndarray
+    fixed: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    fixed_point: FixedPoint | None = None
 
 
 @dataclasses.dataclass
@@ -90,13 +141,27 @@ class Partial:
     records: dict[int, dict[str, Any]]
     rejected: dict[int, str]
     merge_seconds: float = 0.0
+    fixed_sums: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    fixed_point: FixedPoint | None = None
+    evaluations: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """Task index to what it measured of the broadcast policy (kept even when its training result is rejected)."""
 
     @staticmethod
-    def of_task(task_index: int, output: TaskOutput) -> "Partial":
-        """Wrap one task's output, or reject it (with the reason) if any value is NaN or infinite."""
+    def of_task(task_index: int, output: TaskOutput, evaluation: dict[str, Any] | None = None) -> "Partial":
+        """Wrap one task's output, or reject it (with the reason) if any value is NaN or infinite, or a fixed-point
+        value lies outside its safe range.  ``evaluation`` is the task's share of the policy's evaluation."""
+        evaluations = {task_index: evaluation} if evaluation is not None else {}
         problem = _non_finite(output)
         if problem is not None:
-            return Partial(0, {}, {}, {task_index: problem})
+            return Partial(0, {}, {}, {task_index: problem}, evaluations=evaluations)
+        if output.fixed and output.fixed_point is None:
+            raise ValueError("TaskOutput.fixed needs a fixed_point")
+        fixed_sums = {}
+        for name, value in output.fixed.items():
+            encoded = output.fixed_point.encode(np.asarray(value, dtype=np.float64) * output.weight)
+            if isinstance(encoded, str):
+                return Partial(0, {}, {}, {task_index: f"{encoded} in {name!r} (times its weight {output.weight})"}, evaluations=evaluations)
+            fixed_sums[name] = encoded
         sums = {
             name: to_limbs(np.asarray(value, dtype=np.float64) * output.weight)
             for name, value in output.weighted.items()
@@ -107,27 +172,38 @@ class Partial:
             "episode_returns": np.asarray(output.episode_returns, dtype=np.float64),
             "episode_lengths": np.asarray(output.episode_lengths, dtype=np.int64),
         }
-        return Partial(output.weight, sums, {task_index: records}, {})
+        return Partial(output.weight, sums, {task_index: records}, {}, 0.0, fixed_sums, output.fixed_point, evaluations)
 
     def merge(self, other: "Partial") -> "Partial":
         started = time.perf_counter()
-        sums = dict(self.sums)
-        for name, limbs in other.sums.items():
-            sums[name] = sums[name] + limbs if name in sums else limbs
         merged = Partial(
             self.weight + other.weight,
-            sums,
+            _add(self.sums, other.sums),
             {**self.records, **other.records},
             {**self.rejected, **other.rejected},
             self.merge_seconds + other.merge_seconds,
+            _add(self.fixed_sums, other.fixed_sums),
+            self.fixed_point or other.fixed_point,
+            {**self.evaluations, **other.evaluations},
         )
         merged.merge_seconds += time.perf_counter() - started
         return merged
 
     def finish(self) -> "MergedResult":
         means = {name: from_limbs(limbs) / self.weight for name, limbs in self.sums.items()}
+        if self.fixed_point is not None:
+            means.update({name: self.fixed_point.decode(total) / self.weight for name, total in self.fixed_sums.items()})
         tasks = [self.records[index] for index in sorted(self.records)]
-        return MergedResult(self.weight, means, tasks, dict(sorted(self.rejected.items())))
+        evaluations = [self.evaluations[index] for index in sorted(self.evaluations)]
+        return MergedResult(self.weight, means, tasks, dict(sorted(self.rejected.items())), evaluations)
+
+
+def _add(left: dict[str, np.ndarray], right: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Integer sums by name; int64 arrays wrap around silently, which keeps the sum exact modulo 2**64."""
+    sums = dict(left)
+    for name, value in right.items():
+        sums[name] = sums[name] + value if name in sums else value
+    return sums
 
 
 def merge(left: Partial, right: Partial) -> Partial:
@@ -146,10 +222,12 @@ class MergedResult:
     """Every healthy task's ``records`` (with its env_steps, episode_returns, episode_lengths), in task order."""
     rejected: Mapping[int, str]
     """Task index to the reason its result was rejected."""
+    evaluations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """The tasks' shares of the broadcast policy's evaluation, in task order (so in episode order)."""
 
 
 def _non_finite(output: TaskOutput) -> str | None:
-    named = [*output.weighted.items(), *output.records.items(), ("episode_returns", output.episode_returns)]
+    named = [*output.weighted.items(), *output.fixed.items(), *output.records.items(), ("episode_returns", output.episode_returns)]
     for name, value in named:
         array = np.asarray(value)
         if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):

@@ -85,8 +85,11 @@ def learning_curve(run_dirs: Sequence[str | Path], labels: Sequence[str] | None 
     targets = {target for target in map(target_return, run_dirs) if target is not None}
     for index, (metrics, wall, label) in enumerate(zip(runs, walls, labels)):
         color = f"C{index % 10}"
-        _plot_run(by_steps, metrics["env_steps"].astype(np.float64), metrics, label, color)
-        _plot_run(by_time, wall / 60.0 if minutes else wall, metrics, label, color)
+        steps = metrics["env_steps"].astype(np.float64)
+        # An evaluation runs in the job after its policy's update, so it belongs at that policy's env steps.
+        evaluated_at = np.asarray(metrics.get("eval_env_steps", steps), dtype=np.float64)
+        _plot_run(by_steps, steps, evaluated_at, metrics, label, color)
+        _plot_run(by_time, wall / 60.0 if minutes else wall, wall / 60.0 if minutes else wall, metrics, label, color)
     for target in sorted(targets):
         by_steps.axhline(target, color="grey", linestyle=":", linewidth=1, label=f"target {target:g}")
         by_time.axhline(target, color="grey", linestyle=":", linewidth=1)
@@ -103,19 +106,19 @@ def learning_curve(run_dirs: Sequence[str | Path], labels: Sequence[str] | None 
     return figure
 
 
-def _plot_run(axis: Any, x: np.ndarray, metrics: dict[str, np.ndarray], label: str, color: str) -> None:
+def _plot_run(axis: Any, x: np.ndarray, eval_x: np.ndarray, metrics: dict[str, np.ndarray], label: str, color: str) -> None:
     train = np.asarray(metrics.get("episode_return_mean", np.full(len(x), np.nan)), dtype=np.float64)
     keep = np.isfinite(train) & np.isfinite(x)
     if keep.any():
         axis.plot(x[keep], train[keep], color=color, linestyle="--", linewidth=1, alpha=0.6, label=f"{label} train")
     evaluation = np.asarray(metrics.get("eval_return_mean", np.full(len(x), np.nan)), dtype=np.float64)
     spread = np.asarray(metrics.get("eval_return_std", np.zeros(len(x))), dtype=np.float64)
-    keep = np.isfinite(evaluation) & np.isfinite(x)
+    keep = np.isfinite(evaluation) & np.isfinite(eval_x)
     if keep.any():
-        axis.plot(x[keep], evaluation[keep], color=color, marker="o", markersize=3, linewidth=1.8, label=f"{label} eval")
+        axis.plot(eval_x[keep], evaluation[keep], color=color, marker="o", markersize=3, linewidth=1.8, label=f"{label} eval")
         low = evaluation[keep] - np.nan_to_num(spread[keep])
         high = evaluation[keep] + np.nan_to_num(spread[keep])
-        axis.fill_between(x[keep], low, high, color=color, alpha=0.15, linewidth=0)
+        axis.fill_between(eval_x[keep], low, high, color=color, alpha=0.15, linewidth=0)
 
 
 def plot_runs(

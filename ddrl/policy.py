@@ -17,6 +17,7 @@ from ddrl.normalizer import normalize
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 ACTIVATION_FUNCTIONS = {"tanh": torch.tanh, "relu": torch.relu}
+NUMPY_ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0.0)}
 POLICY_WEIGHTS = "policy.safetensors"
 POLICY_SPEC = "policy.json"
 
@@ -58,6 +59,7 @@ class Policy:
     ) -> None:
         self.actor = actor.eval()
         self.layers = [(layer.weight, layer.bias) for layer in actor if isinstance(layer, nn.Linear)]
+        self.numpy_layers = [(weight.detach().numpy().T, bias.detach().numpy()) for weight, bias in self.layers]
         self.env = env
         self.architecture = architecture
         self.observation_mean = observation_mean
@@ -77,11 +79,27 @@ class Policy:
             for weight, bias in self.layers[:-1]:
                 hidden = activation(nn.functional.linear(hidden, weight, bias))
             output = nn.functional.linear(hidden, *self.layers[-1]).numpy()
-        if self.env.discrete:
-            actions = output.argmax(axis=1)
-        else:
-            actions = np.clip(output, self.env.action_low, self.env.action_high).astype(np.float32)
+        actions = self._actions(output)
         return actions if observation.ndim > 1 else actions[0]
+
+    def act_independently(self, observations: np.ndarray) -> np.ndarray:
+        """``act`` for a batch, each row computed by the same arithmetic as if it were alone (one NumPy matrix
+        product per row), so that an evaluation episode's actions never depend on the episodes that share its
+        batch.  The values may differ from ``act``'s in the last bits."""
+        batch = np.asarray(observations, dtype=np.float32).reshape(-1, self.env.observation_dim)
+        if self.observation_mean is not None:
+            batch = normalize(batch, self.observation_mean, self.observation_variance)
+        activation = NUMPY_ACTIVATIONS[self.architecture["activation"]]
+        hidden = batch[:, None, :]
+        for weight_t, bias in self.numpy_layers[:-1]:
+            hidden = activation(np.matmul(hidden, weight_t) + bias)
+        weight_t, bias = self.numpy_layers[-1]
+        return self._actions((np.matmul(hidden, weight_t) + bias)[:, 0, :])
+
+    def _actions(self, output: np.ndarray) -> np.ndarray:
+        if self.env.discrete:
+            return output.argmax(axis=1)
+        return np.clip(output, self.env.action_low, self.env.action_high).astype(np.float32)
 
     def save(self, directory: str | Path) -> Path:
         """Write the policy as safetensors weights plus a JSON spec; returns the directory."""
@@ -101,11 +119,15 @@ def build_actor(env: EnvInfo, architecture: dict[str, Any], initialize: bool = T
     return mlp(env.observation_dim, architecture["hidden_sizes"], env.action_dim, architecture["activation"], 0.01, initialize)
 
 
-def load_policy(path: str | Path) -> Policy:
-    """Load a saved policy from a run directory or a policy directory; no code runs on load (no pickle)."""
+def load_policy(path: str | Path, best: bool = False) -> Policy:
+    """Load a saved policy from a run directory (its final policy, or with ``best`` its best-evaluated one) or
+    from a policy directory; no code runs on load (no pickle)."""
     directory = Path(path)
-    if (directory / "policy" / POLICY_SPEC).exists():
-        directory = directory / "policy"
+    kept = "best" if best else "policy"
+    if (directory / kept / POLICY_SPEC).exists():
+        directory = directory / kept
+    elif best:
+        raise FileNotFoundError(f"no best policy in {path} (expected {kept}/{POLICY_SPEC}; runs keep one with train.keep_best)")
     spec_path = directory / POLICY_SPEC
     if not spec_path.exists():
         raise FileNotFoundError(f"no saved policy at {path} (expected {POLICY_SPEC})")

@@ -1,13 +1,24 @@
-"""Proximal Policy Optimization (Schulman et al. 2017) with parameter averaging across Spark tasks.
+"""Proximal Policy Optimization (Schulman et al. 2017), trained by local rounds and an outer step on the driver.
 
-Every task starts from the broadcast parameters and Adam moments, collects ``num_envs x num_steps``
-transitions, computes GAE(lambda) advantages, runs ``update_epochs x num_minibatches`` Adam steps on the
-clipped surrogate objective, and returns its parameters and Adam moments weighted by its sample count.  The
-driver's new parameters are the sample-weighted average.  Reads top to bottom like CleanRL's ppo.py.
+Every task starts from the broadcast parameters theta and runs ``local_rounds`` rounds on its own envs, episodes
+continuing from round to round: collect ``num_envs x num_steps`` transitions, compute GAE(lambda) advantages,
+run ``update_epochs x num_minibatches`` Adam steps on the clipped surrogate objective.  It returns the change
+of its parameters, Delta_i = theta_i - theta, weighted by its sample count n_i, as one int64 fixed-point value
+per parameter (``ddrl.merge.FixedPoint``: exact and order-independent to sum).  The driver takes the outer
+step of DiLoCo (Douillard et al. 2023) on the mean change Delta = sum_i n_i Delta_i / sum_i n_i:
+
+    theta <- theta + outer_lr * Delta                                  (outer_momentum = 0)
+    b <- mu * b + Delta;  theta <- theta + outer_lr * (Delta + mu * b)  (Nesterov, mu = outer_momentum)
+
+outer_lr 1 without momentum is plain parameter averaging.  Adam's moments (``adam_moments``): ``restart``
+starts them at zero in every task; ``fedadamw`` restarts the first and starts the second from the tasks'
+per-tensor means of the last iteration (FedAdamW, arXiv 2510.27486); ``average`` ships and averages both
+(three times the traffic).  Reads top to bottom like CleanRL's ppo.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any, Literal
@@ -21,7 +32,7 @@ from ddrl import envs as envs_module
 from ddrl.checkpoint import State
 from ddrl.config import Config, StrictModel
 from ddrl.envs import EnvInfo
-from ddrl.merge import MergedResult, TaskOutput
+from ddrl.merge import BYTES_PER_FIXED_VALUE, BYTES_PER_WEIGHTED_VALUE, FixedPoint, MergedResult, TaskOutput
 from ddrl.normalizer import EPSILON, Moments, standardize
 from ddrl.policy import Policy, build_actor, mlp
 from ddrl.seeding import Stream, derive_seed
@@ -50,6 +61,12 @@ class Hyperparameters(StrictModel):
     normalize_observation: bool = False
     normalize_reward: bool = False
     adam_eps: float = Field(1e-5, gt=0)
+    local_rounds: int = Field(1, ge=1, le=10_000, description="Rollout-and-update rounds per task and Spark job.")
+    adam_moments: Literal["restart", "fedadamw", "average"] = Field(
+        "restart", description="Adam's moments in each task: restarted, second moment as per-tensor means, or averaged."
+    )
+    outer_lr: float = Field(1.0, gt=0, le=10, description="Outer step on the mean parameter change (1: plain averaging).")
+    outer_momentum: float = Field(0.0, ge=0, lt=1, description="Nesterov momentum of the outer step (0: none).")
 
 
 class ActorCritic(nn.Module):
@@ -133,6 +150,11 @@ def action_bounds(env: EnvInfo) -> tuple[np.ndarray, np.ndarray] | None:
     return None if env.discrete else (np.array(env.action_low), np.array(env.action_high))
 
 
+MAX_PARAMETER_CHANGE = 2.0**10
+"""A task whose parameters moved further than this in one job has diverged: its result is rejected.  The bound
+sets the fixed-point scale of the merge (2**-41 for 2 CartPole tasks, 2**-24 for 100,000 tasks of 65k samples)."""
+
+
 def compute_gae(
     rewards: np.ndarray,
     values: np.ndarray,
@@ -158,6 +180,166 @@ def compute_gae(
     return advantages
 
 
+@dataclasses.dataclass(frozen=True)
+class EnvCursor:
+    """Where each of a task's envs stands between rounds, so that episodes go on from one round to the next."""
+
+    observation: np.ndarray
+    """The raw observation each env returned last."""
+    ended: np.ndarray
+    """Whether that step ended an episode: the env's next step only resets it."""
+    episode_return: np.ndarray
+    episode_length: np.ndarray
+    discounted_return: np.ndarray
+    """The running discounted return of the episode in progress (reward scaling's statistic)."""
+
+    @staticmethod
+    def reset(vector_env: Any, seed: int) -> "EnvCursor":
+        observation, _ = vector_env.reset(seed=seed)
+        zeros = np.zeros(len(observation))
+        return EnvCursor(np.asarray(observation, dtype=np.float64), zeros.astype(bool), zeros, zeros.astype(np.int64), zeros)
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """One round's transitions (the valid steps only) for the update, and what the driver's statistics need."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    log_probs: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    values: torch.Tensor
+    raw_observations: np.ndarray
+    discounted_returns: np.ndarray
+    episode_returns: np.ndarray
+    episode_lengths: np.ndarray
+
+
+def collect_round(
+    vector_env: Any,
+    model: "ActorCritic",
+    cursor: EnvCursor,
+    rng: np.random.Generator,
+    hp: Hyperparameters,
+    env: EnvInfo,
+    obs_mean: np.ndarray,
+    obs_std: np.ndarray,
+    reward_scale: float,
+) -> tuple[Batch, EnvCursor]:
+    """num_steps steps of every env with the current policy, from where ``cursor`` left them.
+
+    Per step only the actor runs, in NumPy with noise drawn up front (torch's per-call cost is larger than a
+    CartPole step); values and log-probs come from one batched torch pass afterwards.
+    """
+    num_steps, num_envs, obs_dim = hp.num_steps, len(cursor.observation), env.observation_dim
+    if env.discrete:
+        noise = rng.gumbel(size=(num_steps, num_envs, env.action_dim)).astype(np.float32)
+        actions = np.zeros((num_steps, num_envs), dtype=np.int64)
+    else:
+        noise = rng.standard_normal((num_steps, num_envs, env.action_dim), dtype=np.float32)
+        noise *= np.exp(model.log_std.detach().numpy())
+        actions = np.zeros((num_steps, num_envs, env.action_dim), dtype=np.float32)
+    layers, bounds = numpy_actor(model.actor), action_bounds(env)
+    raw_observations = np.zeros((num_steps + 1, num_envs, obs_dim))
+    observations = np.zeros((num_steps + 1, num_envs, obs_dim), dtype=np.float32)
+    rewards = np.zeros((num_steps, num_envs))
+    terminated = np.zeros((num_steps, num_envs), dtype=bool)
+    truncated = np.zeros((num_steps, num_envs), dtype=bool)
+
+    raw_observations[0] = cursor.observation
+    for t in range(num_steps):
+        observations[t] = _policy_input(raw_observations[t], hp, obs_mean, obs_std)
+        actions[t], env_action = noisy_actions(layers, observations[t], noise[t], hp.activation, bounds)
+        raw_observations[t + 1], rewards[t], terminated[t], truncated[t], _ = vector_env.step(env_action)
+    observations[num_steps] = _policy_input(raw_observations[num_steps], hp, obs_mean, obs_std)
+
+    # With NEXT_STEP autoreset, the step after an episode ends only resets that env (reward 0, not done): it is
+    # not a transition.  That includes a round's first step when the previous round's last step ended an episode.
+    done = terminated | truncated
+    valid = np.ones((num_steps, num_envs), dtype=bool)
+    valid[0] = ~cursor.ended
+    valid[1:] = ~done[:-1]
+    episode_returns, episode_lengths, running_return, running_length = _finished_episodes(
+        rewards, valid, done, cursor.episode_return, cursor.episode_length
+    )
+    discounted_returns, running_discounted = _discounted_returns(rewards, valid, hp.gamma, cursor.discounted_return)
+    with torch.inference_mode():
+        all_values = model.value(torch.from_numpy(observations.reshape(-1, obs_dim))).numpy().reshape(num_steps + 1, num_envs)
+    values, next_values = all_values[:-1].astype(np.float64), all_values[1:].astype(np.float64)
+    advantages = compute_gae(rewards * reward_scale, values, next_values, terminated, truncated, hp.gamma, hp.gae_lambda)
+    keep = valid.reshape(-1)
+    b_obs = torch.from_numpy(observations[:-1].reshape(-1, obs_dim)[keep])
+    b_actions = torch.from_numpy(actions.reshape(len(keep), *actions.shape[2:])[keep])
+    with torch.no_grad():
+        b_log_probs = model.log_prob_and_entropy(b_obs, b_actions)[0]
+    batch = Batch(
+        obs=b_obs,
+        actions=b_actions,
+        log_probs=b_log_probs,
+        advantages=torch.from_numpy(advantages.reshape(-1)[keep]).float(),
+        returns=torch.from_numpy((advantages + values).reshape(-1)[keep]).float(),
+        values=torch.from_numpy(values.reshape(-1)[keep]).float(),
+        raw_observations=raw_observations[:-1][valid],
+        discounted_returns=discounted_returns[valid] if hp.normalize_reward else np.zeros(0),
+        episode_returns=episode_returns,
+        episode_lengths=episode_lengths,
+    )
+    return batch, EnvCursor(raw_observations[num_steps], done[-1], running_return, running_length, running_discounted)
+
+
+def ppo_update(model: "ActorCritic", optimizer: torch.optim.Adam, batch: Batch, hp: Hyperparameters, stats: dict[str, list[float]]) -> int:
+    """update_epochs x num_minibatches Adam steps on the clipped surrogate objective; appends to ``stats``,
+    returns the number of steps taken."""
+    batch_size = len(batch.obs)
+    minibatch_size = max(batch_size // hp.num_minibatches, 1)
+    updates = 0
+    for _ in range(hp.update_epochs):
+        order = torch.randperm(batch_size)
+        for start in range(0, minibatch_size * hp.num_minibatches, minibatch_size):
+            mb = order[start : start + minibatch_size]
+            new_log_prob, entropy = model.log_prob_and_entropy(batch.obs[mb], batch.actions[mb])
+            new_value = model.value(batch.obs[mb])
+            log_ratio = new_log_prob - batch.log_probs[mb]
+            ratio = log_ratio.exp()
+            with torch.no_grad():
+                approx_kl = ((ratio - 1) - log_ratio).mean()  # http://joschu.net/blog/kl-approx.html
+                clipfrac = ((ratio - 1.0).abs() > hp.clip_coef).float().mean()
+
+            mb_advantages = batch.advantages[mb]
+            if hp.norm_adv and len(mb) > 1:
+                mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+            pg_loss = torch.max(
+                -mb_advantages * ratio,
+                -mb_advantages * torch.clamp(ratio, 1 - hp.clip_coef, 1 + hp.clip_coef),
+            ).mean()
+
+            if hp.clip_vloss:
+                v_clipped = batch.values[mb] + torch.clamp(new_value - batch.values[mb], -hp.clip_coef, hp.clip_coef)
+                v_loss = 0.5 * torch.max((new_value - batch.returns[mb]) ** 2, (v_clipped - batch.returns[mb]) ** 2).mean()
+            else:
+                v_loss = 0.5 * ((new_value - batch.returns[mb]) ** 2).mean()
+
+            entropy_loss = entropy.mean()
+            loss = pg_loss - hp.ent_coef * entropy_loss + hp.vf_coef * v_loss
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), hp.max_grad_norm)
+            optimizer.step()
+            updates += 1
+            for name, value in zip(("pg_loss", "v_loss", "entropy", "approx_kl", "clipfrac"), (pg_loss, v_loss, entropy_loss, approx_kl, clipfrac)):
+                stats[name].append(value.item())
+        if hp.target_kl is not None and stats["approx_kl"][-1] > hp.target_kl:
+            break
+    return updates
+
+
+def explained_variance(batch: Batch) -> float:
+    returns, values = batch.returns.numpy(), batch.values.numpy()
+    variance_of_returns = float(np.var(returns))
+    return float(1 - np.var(returns - values) / variance_of_returns) if variance_of_returns > 0 else 0.0
+
+
 class PPO:
     """PPO as a ddrl algorithm (see ``ddrl.algorithm.Algorithm``)."""
 
@@ -165,225 +347,162 @@ class PPO:
         self.config = config
         self.env = env
         self.hp: Hyperparameters = config.hyperparameters
-        self.samples_per_task = config.env.num_envs * self.hp.num_steps
+        self.samples_per_task = config.env.num_envs * self.hp.num_steps * self.hp.local_rounds
         steps_per_iteration = self.samples_per_task * config.spark.num_tasks
         self.num_iterations = math.ceil(config.train.total_env_steps / steps_per_iteration)
+        self.fixed_point = FixedPoint.for_sums(config.spark.num_tasks, self.samples_per_task * MAX_PARAMETER_CHANGE)
+        with torch.device("meta"):  # shapes only: models may be huge
+            self.tensor_sizes = [parameter.numel() for parameter in ActorCritic(env, self.hp, initialize=False).parameters()]
 
     # ---- driver side ---------------------------------------------------------------------------------------
     def initial_state(self) -> State:
         torch.manual_seed(derive_seed(self.config.seed, 0, 0, Stream.INITIALIZATION))
         params = flat_parameters(ActorCritic(self.env, self.hp))
-        obs = Moments.empty((self.env.observation_dim,))
-        returns = Moments.empty(())
-        return {
+        state = {
             "params": params,
-            "adam_m": np.zeros_like(params),
-            "adam_v": np.zeros_like(params),
-            "adam_step": np.array(0.0),
-            **_moments_state("obs", obs),
-            **_moments_state("return", returns),
+            **_moments_state("obs", Moments.empty((self.env.observation_dim,))),
+            **_moments_state("return", Moments.empty(())),
         }
+        if self.hp.adam_moments != "restart":
+            state["adam_step"] = np.array(0.0)
+        if self.hp.adam_moments == "fedadamw":
+            state["adam_v_means"] = np.zeros(len(self.tensor_sizes))
+        if self.hp.adam_moments == "average":
+            state["adam_m"], state["adam_v"] = np.zeros_like(params), np.zeros_like(params)
+        if self.hp.outer_momentum > 0:
+            state["outer_momentum_buffer"] = np.zeros_like(params)
+        return state
 
     def task_payload(self, state: State, iteration: int) -> dict[str, Any]:
-        fraction_left = 1.0 - iteration / self.num_iterations if self.hp.anneal_lr else 1.0
+        """theta, a learning rate per local round (annealed linearly over all rounds of the run), the
+        normalizers, and the Adam state ``adam_moments`` keeps."""
+        rounds, total_rounds = self.hp.local_rounds, self.hp.local_rounds * self.num_iterations
+        annealed = [max(1.0 - (iteration * rounds + k) / total_rounds, 0.0) for k in range(rounds)]
         obs = _moments_from_state("obs", state)
+        adam_keys = ("adam_step", "adam_v_means", "adam_m", "adam_v")
         return {
             "params": state["params"],
-            "adam_m": state["adam_m"],
-            "adam_v": state["adam_v"],
-            "adam_step": float(state["adam_step"]),
-            "learning_rate": max(fraction_left, 0.0) * self.hp.learning_rate,
+            "learning_rates": [self.hp.learning_rate * (fraction if self.hp.anneal_lr else 1.0) for fraction in annealed],
             "obs_mean": obs.mean,
             "obs_variance": obs.variance,
             "return_variance": float(_moments_from_state("return", state).variance),
+            **{key: state[key] for key in adam_keys if key in state},
         }
 
     def apply(self, state: State, result: MergedResult, iteration: int) -> tuple[State, dict[str, float]]:
-        params = result.means["params"].astype(np.float32)
+        """The outer step on the mean change, the normalizers and Adam's kept moments folded in task order."""
+        hp, tasks = self.hp, result.tasks
+        mean_change = result.means["params_change"]
+        new_state = dict(state)
+        if hp.outer_momentum > 0:
+            buffer = hp.outer_momentum * state["outer_momentum_buffer"] + mean_change
+            step = hp.outer_lr * (mean_change + hp.outer_momentum * buffer)
+            new_state["outer_momentum_buffer"] = buffer.astype(np.float32)
+        else:
+            step = hp.outer_lr * mean_change
+        new_state["params"] = (state["params"] + step).astype(np.float32)
+
         obs, returns = _moments_from_state("obs", state), _moments_from_state("return", state)
-        for task in result.tasks:
+        for task in tasks:
             obs = obs.combine(Moments(task["obs_count"], task["obs_mean"], task["obs_m2"]))
             returns = returns.combine(Moments(task["return_count"], task["return_mean"], task["return_m2"]))
-        new_state = {
-            "params": params,
-            "adam_m": result.means["adam_m"].astype(np.float32),
-            "adam_v": result.means["adam_v"].astype(np.float32),
-            "adam_step": np.array(float(state["adam_step"]) + np.mean([t["updates"] for t in result.tasks])),
-            **_moments_state("obs", obs),
-            **_moments_state("return", returns),
-        }
-        merged_sq_norm = float(np.dot(result.means["params"], result.means["params"]))
-        # Parameter averaging can settle below the optimum when tasks disagree: track how far apart they drift.
-        drift = math.sqrt(max(float(result.means["params_sq_norm"][0]) - merged_sq_norm, 0.0))
+        new_state.update(_moments_state("obs", obs), **_moments_state("return", returns))
+        samples = np.array([task["samples"] for task in tasks], dtype=np.float64)
+        if "adam_step" in state:
+            new_state["adam_step"] = np.array(float(state["adam_step"]) + np.mean([task["updates"] for task in tasks]))
+        if hp.adam_moments == "fedadamw":
+            new_state["adam_v_means"] = np.average([task["adam_v_means"] for task in tasks], axis=0, weights=samples)
+        if hp.adam_moments == "average":
+            new_state["adam_m"] = result.means["adam_m"].astype(np.float32)
+            new_state["adam_v"] = result.means["adam_v"].astype(np.float32)
+
+        # Averaging can settle below the optimum when tasks disagree: track how far apart they drift (the RMS
+        # distance of the tasks' parameters from their mean).
+        mean_sq_change = float(np.dot(samples, [task["change_sq_norm"] for task in tasks]) / samples.sum())
         metrics = {
-            name: float(np.mean([task[name] for task in result.tasks]))
-            for name in ("pg_loss", "v_loss", "entropy", "approx_kl", "clipfrac", "explained_variance", "rollout_s", "update_s")
+            name: float(np.mean([task[name] for task in tasks]))
+            for name in ("pg_loss", "v_loss", "entropy", "approx_kl", "clipfrac", "explained_variance", "learning_rate", "rollout_s", "update_s")
         }
-        metrics["drift"] = drift
-        metrics["update_norm"] = float(np.linalg.norm(params - state["params"]))
-        metrics["learning_rate"] = float(np.mean([task["learning_rate"] for task in result.tasks]))
+        metrics["drift"] = math.sqrt(max(mean_sq_change - float(np.dot(mean_change, mean_change)), 0.0))
+        metrics["update_norm"] = float(np.linalg.norm(new_state["params"] - state["params"]))
         return new_state, metrics
 
     def policy(self, state: State) -> Policy:
-        model = ActorCritic(self.env, self.hp, initialize=False)
-        load_flat_parameters(model, state["params"])
         obs = _moments_from_state("obs", state)
-        normalized = self.hp.normalize_observation
-        return Policy(
-            model.actor,
-            self.env,
-            ActorCritic.architecture(self.hp),
-            obs.mean if normalized else None,
-            obs.variance if normalized else None,
-        )
+        return self._policy(state["params"], obs.mean, obs.variance)
 
-    def weighted_size(self) -> int:
-        """Parameters and both Adam moments, plus the squared norm (counted, not built: models may be huge)."""
-        sizes = [self.env.observation_dim, *self.hp.hidden_sizes]
-        hidden_layers = sum((size_in + 1) * size_out for size_in, size_out in zip(sizes, sizes[1:]))
-        heads = (sizes[-1] + 1) * (1 + self.env.action_dim)  # critic and actor outputs
-        log_std = 0 if self.env.discrete else self.env.action_dim
-        return 3 * (2 * hidden_layers + heads + log_std) + 1
+    def payload_policy(self, payload: dict[str, Any]) -> Policy:
+        return self._policy(payload["params"], payload["obs_mean"], payload["obs_variance"])
+
+    def _policy(self, params: np.ndarray, obs_mean: np.ndarray, obs_variance: np.ndarray) -> Policy:
+        model = ActorCritic(self.env, self.hp, initialize=False)
+        load_flat_parameters(model, params)
+        normalized = self.hp.normalize_observation
+        return Policy(model.actor, self.env, ActorCritic.architecture(self.hp), obs_mean if normalized else None, obs_variance if normalized else None)
+
+    def task_result_bytes(self) -> int:
+        """The parameter change as one int64 a parameter; with ``adam_moments: average`` both moments as limbs."""
+        parameters = sum(self.tensor_sizes)
+        moments = 2 * parameters * BYTES_PER_WEIGHTED_VALUE if self.hp.adam_moments == "average" else 0
+        return parameters * BYTES_PER_FIXED_VALUE + moments
 
     # ---- executor side -------------------------------------------------------------------------------------
     def run_task(self, payload: dict[str, Any], task_index: int, seed: int) -> TaskOutput:
-        hp, num_envs = self.hp, self.config.env.num_envs
+        hp = self.hp
         vector_env, model, optimizer = self._worker_objects()
         load_flat_parameters(model, payload["params"])
-        _load_adam_state(optimizer, model, payload)
+        _start_adam(optimizer, model, payload, hp.adam_moments)
         obs_mean, obs_std = payload["obs_mean"], np.sqrt(payload["obs_variance"] + EPSILON)
         reward_scale = 1.0 / math.sqrt(payload["return_variance"] + 1e-8) if hp.normalize_reward else 1.0
-
-        # ---- rollout: num_steps steps of num_envs envs with the broadcast policy.  Per step only the actor runs,
-        # in NumPy with noise drawn up front (torch's per-call cost is larger than a CartPole step); values and
-        # log-probs come from one batched torch pass afterwards.
-        rollout_started = time.perf_counter()
-        num_steps, obs_dim = hp.num_steps, self.env.observation_dim
         rng = np.random.default_rng(seed)
-        if self.env.discrete:
-            noise = rng.gumbel(size=(num_steps, num_envs, self.env.action_dim)).astype(np.float32)
-            actions = np.zeros((num_steps, num_envs), dtype=np.int64)
-        else:
-            noise = rng.standard_normal((num_steps, num_envs, self.env.action_dim), dtype=np.float32)
-            noise *= np.exp(model.log_std.detach().numpy())
-            actions = np.zeros((num_steps, num_envs, self.env.action_dim), dtype=np.float32)
-        layers, bounds = numpy_actor(model.actor), action_bounds(self.env)
-        raw_observations = np.zeros((num_steps + 1, num_envs, obs_dim))
-        observations = np.zeros((num_steps + 1, num_envs, obs_dim), dtype=np.float32)
-        rewards = np.zeros((num_steps, num_envs))
-        terminated = np.zeros((num_steps, num_envs), dtype=bool)
-        truncated = np.zeros((num_steps, num_envs), dtype=bool)
 
-        raw_observations[0], _ = vector_env.reset(seed=seed)
-        for t in range(num_steps):
-            observations[t] = _policy_input(raw_observations[t], hp, obs_mean, obs_std)
-            actions[t], env_action = noisy_actions(layers, observations[t], noise[t], hp.activation, bounds)
-            raw_observations[t + 1], rewards[t], terminated[t], truncated[t], _ = vector_env.step(env_action)
-        observations[num_steps] = _policy_input(raw_observations[num_steps], hp, obs_mean, obs_std)
-
-        # With NEXT_STEP autoreset, the step after an episode ends only resets that env (reward 0, not done):
-        # it is not a transition.  Every task starts its envs fresh, so episodes start at step 0.
-        done = terminated | truncated
-        valid = np.ones((num_steps, num_envs), dtype=bool)
-        valid[1:] = ~done[:-1]
-        finished_returns, finished_lengths = _finished_episodes(rewards, valid, done)
-        with torch.inference_mode():
-            all_values = model.value(torch.from_numpy(observations.reshape(-1, obs_dim))).numpy().reshape(num_steps + 1, num_envs)
-        values, next_values = all_values[:-1].astype(np.float64), all_values[1:].astype(np.float64)
-        if hp.normalize_reward:
-            discounted_returns = _discounted_returns(rewards, valid, hp.gamma)[valid]
-        else:
-            discounted_returns = np.zeros(0)
-        advantages = compute_gae(rewards * reward_scale, values, next_values, terminated, truncated, hp.gamma, hp.gae_lambda)
-        returns = advantages + values
-        keep = valid.reshape(-1)
-        b_obs = torch.from_numpy(observations[:-1].reshape(-1, obs_dim)[keep])
-        b_actions = torch.from_numpy(actions.reshape(len(keep), *actions.shape[2:])[keep])
-        with torch.no_grad():
-            b_log_probs = model.log_prob_and_entropy(b_obs, b_actions)[0]
-        rollout_seconds = time.perf_counter() - rollout_started
-
-        # ---- update: update_epochs x num_minibatches Adam steps on the clipped surrogate objective
-        update_started = time.perf_counter()
-        b_advantages = torch.from_numpy(advantages.reshape(-1)[keep]).float()
-        b_returns = torch.from_numpy(returns.reshape(-1)[keep]).float()
-        b_values = torch.from_numpy(values.reshape(-1)[keep]).float()
-        batch_size = len(b_obs)
-        minibatch_size = max(batch_size // hp.num_minibatches, 1)
+        # ---- local_rounds rounds of rollout and update, the envs going on where the last round left them
+        cursor = EnvCursor.reset(vector_env, seed)
         stats: dict[str, list[float]] = {"pg_loss": [], "v_loss": [], "entropy": [], "approx_kl": [], "clipfrac": []}
-        updates = 0
-        for _ in range(hp.update_epochs):
-            order = torch.randperm(batch_size)
-            for start in range(0, minibatch_size * hp.num_minibatches, minibatch_size):
-                mb = order[start : start + minibatch_size]
-                new_log_prob, entropy = model.log_prob_and_entropy(b_obs[mb], b_actions[mb])
-                new_value = model.value(b_obs[mb])
-                log_ratio = new_log_prob - b_log_probs[mb]
-                ratio = log_ratio.exp()
-                with torch.no_grad():
-                    approx_kl = ((ratio - 1) - log_ratio).mean()  # http://joschu.net/blog/kl-approx.html
-                    clipfrac = ((ratio - 1.0).abs() > hp.clip_coef).float().mean()
+        batches, explained, updates, rollout_seconds, update_seconds = [], [], 0, 0.0, 0.0
+        for learning_rate in payload["learning_rates"]:
+            started = time.perf_counter()
+            batch, cursor = collect_round(vector_env, model, cursor, rng, hp, self.env, obs_mean, obs_std, reward_scale)
+            rollout_seconds += time.perf_counter() - started
+            started = time.perf_counter()
+            optimizer.param_groups[0]["lr"] = learning_rate
+            updates += ppo_update(model, optimizer, batch, hp, stats)
+            update_seconds += time.perf_counter() - started
+            batches.append(batch)
+            explained.append(explained_variance(batch))
 
-                mb_advantages = b_advantages[mb]
-                if hp.norm_adv and len(mb) > 1:
-                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-                pg_loss = torch.max(
-                    -mb_advantages * ratio,
-                    -mb_advantages * torch.clamp(ratio, 1 - hp.clip_coef, 1 + hp.clip_coef),
-                ).mean()
-
-                if hp.clip_vloss:
-                    v_clipped = b_values[mb] + torch.clamp(new_value - b_values[mb], -hp.clip_coef, hp.clip_coef)
-                    v_loss = 0.5 * torch.max((new_value - b_returns[mb]) ** 2, (v_clipped - b_returns[mb]) ** 2).mean()
-                else:
-                    v_loss = 0.5 * ((new_value - b_returns[mb]) ** 2).mean()
-
-                entropy_loss = entropy.mean()
-                loss = pg_loss - hp.ent_coef * entropy_loss + hp.vf_coef * v_loss
-                optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), hp.max_grad_norm)
-                optimizer.step()
-                updates += 1
-                for name, value in zip(stats, (pg_loss, v_loss, entropy_loss, approx_kl, clipfrac)):
-                    stats[name].append(value.item())
-            if hp.target_kl is not None and stats["approx_kl"][-1] > hp.target_kl:
-                break
-        update_seconds = time.perf_counter() - update_started
-
-        params = flat_parameters(model)
-        adam_m, adam_v = _flat_adam_moments(optimizer, model)
-        obs_moments = Moments.of(raw_observations[:-1][valid])
-        return_moments = Moments.of(discounted_returns)
-        variance_of_returns = float(np.var(b_returns.numpy()))
-        explained_variance = (
-            float(1 - np.var(b_returns.numpy() - b_values.numpy()) / variance_of_returns) if variance_of_returns > 0 else 0.0
-        )
+        change = flat_parameters(model).astype(np.float64) - payload["params"]
+        samples = sum(len(batch.obs) for batch in batches)
+        obs_moments = Moments.of(np.concatenate([batch.raw_observations for batch in batches]))
+        return_moments = Moments.of(np.concatenate([batch.discounted_returns for batch in batches]))
+        records = {
+            **{name: float(np.mean(values)) for name, values in stats.items()},
+            "explained_variance": float(np.mean(explained)),
+            "samples": samples,
+            "change_sq_norm": float(np.dot(change, change)),
+            "updates": updates,
+            "learning_rate": float(np.mean(payload["learning_rates"])),
+            "obs_count": obs_moments.count,
+            "obs_mean": obs_moments.mean,
+            "obs_m2": obs_moments.m2,
+            "return_count": return_moments.count,
+            "return_mean": return_moments.mean,
+            "return_m2": return_moments.m2,
+            "rollout_s": rollout_seconds,
+            "update_s": update_seconds,
+        }
+        if hp.adam_moments == "fedadamw":
+            records["adam_v_means"] = np.array([optimizer.state[p]["exp_avg_sq"].double().mean().item() for p in model.parameters()])
+        weighted = dict(zip(("adam_m", "adam_v"), _flat_adam_moments(optimizer, model))) if hp.adam_moments == "average" else {}
         return TaskOutput(
-            weight=batch_size,
-            weighted={
-                "params": params,
-                "adam_m": adam_m,
-                "adam_v": adam_v,
-                "params_sq_norm": np.array([np.dot(params.astype(np.float64), params)]),
-            },
-            records={
-                **{name: float(np.mean(values_)) for name, values_ in stats.items()},
-                "explained_variance": explained_variance,
-                "updates": updates,
-                "learning_rate": payload["learning_rate"],
-                "obs_count": obs_moments.count,
-                "obs_mean": obs_moments.mean,
-                "obs_m2": obs_moments.m2,
-                "return_count": return_moments.count,
-                "return_mean": return_moments.mean,
-                "return_m2": return_moments.m2,
-                "rollout_s": rollout_seconds,
-                "update_s": update_seconds,
-            },
-            env_steps=num_steps * num_envs,
-            episode_returns=finished_returns,
-            episode_lengths=finished_lengths,
+            weight=samples,
+            weighted=weighted,
+            fixed={"params_change": change},
+            fixed_point=self.fixed_point,
+            records=records,
+            env_steps=len(payload["learning_rates"]) * hp.num_steps * self.config.env.num_envs,
+            episode_returns=np.concatenate([batch.episode_returns for batch in batches]),
+            episode_lengths=np.concatenate([batch.episode_lengths for batch in batches]),
         )
 
     def _worker_objects(self) -> tuple[Any, ActorCritic, torch.optim.Adam]:
@@ -406,38 +525,57 @@ def _policy_input(raw_obs: np.ndarray, hp: Hyperparameters, mean: np.ndarray, st
     return standardize(raw_obs, mean, std) if hp.normalize_observation else raw_obs
 
 
-def _finished_episodes(rewards: np.ndarray, valid: np.ndarray, done: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return and length of every episode that ended in a ``(num_steps, num_envs)`` rollout, env by env."""
+def _finished_episodes(
+    rewards: np.ndarray, valid: np.ndarray, done: np.ndarray, carried_return: np.ndarray, carried_length: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return and length of every episode that ended in a ``(num_steps, num_envs)`` rollout, env by env, each
+    env's first episode counting what it ran in earlier rounds (``carried_*``); and the return and length so far
+    of the episodes still going."""
     returns, lengths = [], []
-    for env_rewards, env_valid, env_done in zip(rewards.T, valid.T, done.T):
+    running_return, running_length = np.zeros_like(carried_return), np.zeros_like(carried_length)
+    for env, (env_rewards, env_valid, env_done) in enumerate(zip(rewards.T, valid.T, done.T)):
+        cumulative_return = carried_return[env] + np.cumsum(env_rewards)
+        cumulative_length = carried_length[env] + np.cumsum(env_valid)
         ends = np.flatnonzero(env_done)
-        returns.append(np.diff(np.cumsum(env_rewards)[ends], prepend=0.0))
-        lengths.append(np.diff(np.cumsum(env_valid)[ends], prepend=0))
-    return np.concatenate(returns), np.concatenate(lengths).astype(np.int64)
+        returns.append(np.diff(cumulative_return[ends], prepend=0.0))
+        lengths.append(np.diff(cumulative_length[ends], prepend=0))
+        last_end = ends[-1] if len(ends) else None
+        running_return[env] = cumulative_return[-1] - (cumulative_return[last_end] if last_end is not None else 0.0)
+        running_length[env] = cumulative_length[-1] - (cumulative_length[last_end] if last_end is not None else 0)
+    return np.concatenate(returns), np.concatenate(lengths).astype(np.int64), running_return, running_length
 
 
-def _discounted_returns(rewards: np.ndarray, valid: np.ndarray, gamma: float) -> np.ndarray:
+def _discounted_returns(rewards: np.ndarray, valid: np.ndarray, gamma: float, carried: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The running discounted return of each env at each step, restarting with each episode (reward scaling's
-    statistic, as in gymnasium's NormalizeReward)."""
+    statistic, as in gymnasium's NormalizeReward), from ``carried``; and its value after the last step."""
     decays = gamma * valid
     discounted = np.zeros_like(rewards)
-    running = np.zeros(rewards.shape[1])
+    running = carried.copy()
     for t in range(len(rewards)):
         running = running * decays[t] + rewards[t]
         discounted[t] = running
-    return discounted
+    return discounted, running
 
 
-def _load_adam_state(optimizer: torch.optim.Adam, model: nn.Module, payload: dict[str, Any]) -> None:
-    optimizer.param_groups[0]["lr"] = payload["learning_rate"]
+def _start_adam(optimizer: torch.optim.Adam, model: nn.Module, payload: dict[str, Any], adam_moments: str) -> None:
+    """Adam's state at the start of a task: empty (torch starts it at zero on the first step), or the kept moments.
+
+    With ``fedadamw`` the step count is the run's, so that the bias correction of the carried second moment is
+    that of a long-running Adam; the restarted first moment then warms up over its first ~1 / (1 - beta1) steps.
+    """
+    optimizer.state.clear()
+    if adam_moments == "restart":
+        return
     offset = 0
-    for parameter in model.parameters():
+    for index, parameter in enumerate(model.parameters()):
         size = parameter.numel()
-        optimizer.state[parameter] = {
-            "step": torch.tensor(payload["adam_step"]),
-            "exp_avg": torch.tensor(payload["adam_m"][offset : offset + size]).view_as(parameter).clone(),
-            "exp_avg_sq": torch.tensor(payload["adam_v"][offset : offset + size]).view_as(parameter).clone(),
-        }
+        if adam_moments == "average":
+            first = torch.tensor(payload["adam_m"][offset : offset + size]).view_as(parameter).clone()
+            second = torch.tensor(payload["adam_v"][offset : offset + size]).view_as(parameter).clone()
+        else:
+            first = torch.zeros_like(parameter)
+            second = torch.full_like(parameter, float(payload["adam_v_means"][index]))
+        optimizer.state[parameter] = {"step": torch.tensor(float(payload["adam_step"])), "exp_avg": first, "exp_avg_sq": second}
         offset += size
 
 

@@ -6,6 +6,7 @@
     RUN_DIR/metrics/iteration-000001.parquet  one row per iteration; read the folder as one table
     RUN_DIR/checkpoints/                      see ddrl.checkpoint
     RUN_DIR/policy/                           the final policy (ddrl.load_policy)
+    RUN_DIR/best/                             the best-evaluated policy (train.keep_best), best.json says when
 
 Opening a run checks everything (config, env, directory) and writes nothing, so bad input loses nothing.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import importlib
+import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,11 +26,14 @@ import pyarrow.parquet as pq
 from ddrl import checkpoint, config as config_module, envs
 from ddrl.config import Config, ConfigError
 from ddrl.envs import EnvInfo
+from ddrl.policy import Policy
 
 CONFIG_FILE = "config.yaml"
 METRICS_DIR = "metrics"
 CHECKPOINT_DIR = "checkpoints"
 POLICY_DIR = "policy"
+BEST_DIR = "best"
+BEST_FILE = "best.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +82,16 @@ class Run:
     @property
     def policy_directory(self) -> Path:
         return self.directory / POLICY_DIR
+
+    @property
+    def best_directory(self) -> Path:
+        return self.directory / BEST_DIR
+
+    def save_best(self, policy: Policy, evaluation: dict[str, Any]) -> None:
+        """Keep ``policy`` as the best so far, with its evaluation (mean return, iteration, env steps)."""
+        policy.save(self.best_directory)
+        text = json.dumps(evaluation, indent=2)
+        checkpoint.atomic_write(self.best_directory / BEST_FILE, lambda path: path.write_text(text))
 
     def create(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)

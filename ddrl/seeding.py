@@ -19,6 +19,7 @@ class Stream(enum.IntEnum):
     EVALUATION = 1
     INITIALIZATION = 2
     PERTURBATION = 3
+    FINAL_EVALUATION = 4
 
 
 def derive_seed(run_seed: int, iteration: int, index: int, stream: Stream = Stream.TASK) -> int:
@@ -34,3 +35,9 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def task_slice(task_index: int, num_tasks: int, num_items: int) -> slice:
+    """The contiguous share of ``num_items`` (ES directions, evaluation episodes) that task ``task_index`` takes;
+    shares differ in size by at most 1."""
+    return slice(task_index * num_items // num_tasks, (task_index + 1) * num_items // num_tasks)

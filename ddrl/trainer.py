@@ -2,13 +2,15 @@
 
 Each iteration the driver broadcasts the algorithm's payload, runs one Spark task per derived seed, merges
 the task results with ``RDD.treeReduce`` (exactly, so the result does not depend on arrival order), applies
-the merged result, evaluates, logs, checkpoints, and destroys the broadcast.  Nothing here knows which
-algorithm runs: see ``ddrl.algorithm`` for the interface.
+the merged result, logs, checkpoints, and destroys the broadcast.  On evaluation iterations the same job also
+evaluates the broadcast policy: every task runs its share of the episodes, each seeded from (run seed,
+iteration, episode), so the result does not depend on the task count; the stop rule and the best policy kept
+(``train.keep_best``) go by these evaluations.  Nothing here knows which algorithm runs: see
+``ddrl.algorithm`` for the interface.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
 import importlib
@@ -18,7 +20,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Protocol
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -26,10 +28,10 @@ import pyarrow as pa
 from ddrl import checkpoint, envs
 from ddrl.algorithm import Algorithm
 from ddrl.config import ALGORITHMS, Config, ConfigError
-from ddrl.merge import BYTES_PER_WEIGHTED_VALUE, Partial, merge
+from ddrl.merge import Partial, merge
 from ddrl.policy import Policy
 from ddrl.run import Run
-from ddrl.seeding import Stream, derive_seed, seed_everything
+from ddrl.seeding import Stream, derive_seed, seed_everything, task_slice
 from ddrl.tracking import default_observers
 
 log = logging.getLogger("ddrl")
@@ -54,6 +56,10 @@ class TrainResult:
     solved: bool
     """Whether the final evaluation reached the target return (None target: never)."""
     wall_seconds: float
+    best_eval_return: float | None = None
+    """The best evaluation mean of the run (in training or final), with ``train.keep_best``."""
+    best_policy_dir: Path | None = None
+    """Where the best-evaluated policy is saved (``ddrl.load_policy`` reads it), with ``train.keep_best``."""
 
 
 def train(
@@ -118,7 +124,7 @@ of it, and the job then hung (BENCHMARKS.md, cost model)."""
 def _check_result_size(spark_context: Any, config: Config, algorithm: Algorithm) -> None:
     """Refuse, before the first job, a model whose task results the driver cannot collect: Spark would abort the
     job at ``spark.driver.maxResultSize`` or, short of heap, hang without an error."""
-    per_task = algorithm.weighted_size() * BYTES_PER_WEIGHTED_VALUE
+    per_task = algorithm.task_result_bytes()
     collected = per_task * driver_fan_in(config.spark.num_tasks, config.spark.tree_depth)
     jvm = spark_context._jvm
     heap = int(jvm.java.lang.Runtime.getRuntime().maxMemory())
@@ -131,7 +137,7 @@ def _check_result_size(spark_context: Any, config: Config, algorithm: Algorithm)
     name, limit = min(limits.items(), key=lambda item: item[1])
     if collected > limit:
         raise ConfigError(
-            f"spark: each task returns {per_task / 2**20:.0f} MiB ({algorithm.weighted_size():,} weighted values), and "
+            f"spark: each task returns {per_task / 2**20:.0f} MiB, and "
             f"the driver would collect {collected / 2**20:.0f} MiB per iteration, over {name} ({limit / 2**20:.0f} MiB): "
             "use a smaller model, a deeper spark.tree_depth, or more spark.driver.memory"
         )
@@ -146,14 +152,38 @@ def driver_fan_in(num_tasks: int, depth: int) -> int:
     return int(partitions)
 
 
-def _run_task(algorithm: Algorithm, payload: Any, task: tuple[int, int], run_fingerprint: str) -> Partial:
-    """Executor side: one task, reseeded from its own seed so that a retry returns the same bytes."""
+def _run_task(algorithm: Algorithm, shipped: Any, task: tuple[int, int], config: Config, run_fingerprint: str) -> Partial:
+    """Executor side: one task's share of the evaluation, then its work, reseeded from its own seed so that a
+    retry returns the same bytes."""
     index, seed = task
     _limit_threads()
+    payload, evaluation_seeds = shipped.value["payload"], shipped.value["evaluation_seeds"]
+    share = evaluation_seeds[task_slice(index, config.spark.num_tasks, len(evaluation_seeds))]
+    evaluation = _evaluate_share(algorithm.payload_policy(payload), config, share, run_fingerprint) if share else None
     seed_everything(seed)
-    partial = Partial.of_task(index, algorithm.run_task(payload.value, index, seed))
+    partial = Partial.of_task(index, algorithm.run_task(payload, index, seed), evaluation)
     _freeze_long_lived_objects(run_fingerprint)
     return partial
+
+
+_EVALUATION_ENVS: dict[tuple[str, int], Any] = {}
+
+
+def _evaluate_share(policy: Policy, config: Config, seeds: list[int], run_fingerprint: str) -> dict[str, Any]:
+    """Greedy episodes of the broadcast policy, one per seed, in an env vector cached per worker and config."""
+    started = time.perf_counter()
+    key = (run_fingerprint, len(seeds))
+    if key not in _EVALUATION_ENVS:
+        for old in [old for old in _EVALUATION_ENVS if old[0] != run_fingerprint]:
+            _EVALUATION_ENVS.pop(old).close()
+        _EVALUATION_ENVS[key] = envs.make_evaluation_env(config.env, len(seeds))
+    returns, _ = envs.evaluate(policy.act_independently, config.env, len(seeds), seeds, _EVALUATION_ENVS[key])
+    return {"returns": returns, "seconds": time.perf_counter() - started}
+
+
+def evaluation_seeds(run_seed: int, iteration: int, episodes: int, stream: Stream = Stream.EVALUATION) -> list[int]:
+    """The env seed of each evaluation episode of an iteration: a pure function of (run seed, iteration, episode)."""
+    return [derive_seed(run_seed, iteration, episode, stream) % 2**31 for episode in range(episodes)]
 
 
 _frozen_for_run: str | None = None
@@ -197,6 +227,8 @@ class Progress:
     solved_streak: int = 0
     """Consecutive evaluations at or above the target return."""
     finished: bool = False
+    best_eval_return: float | None = None
+    """The best evaluation so far, whose policy ``train.keep_best`` keeps."""
 
 
 class RunObserver(Protocol):
@@ -230,17 +262,23 @@ class _Loop:
         recent_rates: list[float] = []
         while not progress.finished:
             iteration_started = time.perf_counter()
-            state, metrics = self._iteration(state, progress.iteration)
+            evaluating = progress.iteration % config.train.eval_every == 0
+            updated, metrics = self._iteration(state, progress.iteration, evaluating)
             iteration = progress.iteration + 1
             env_steps = progress.env_steps + metrics["env_steps"]
-            solved_streak = progress.solved_streak
-            if iteration % config.train.eval_every == 0:
-                returns, _ = self._evaluate(self.algorithm.policy(state), iteration, 0, config.train.eval_episodes)
-                metrics["eval_return_mean"], metrics["eval_return_std"] = float(returns.mean()), float(returns.std())
+            solved_streak, best = progress.solved_streak, progress.best_eval_return
+            if evaluating:  # the job evaluated ``state``, the policy it started from
+                metrics["eval_env_steps"] = float(progress.env_steps)
+                evaluated = metrics["eval_return_mean"]
                 if target is not None:
-                    solved_streak = solved_streak + 1 if metrics["eval_return_mean"] >= target else 0
+                    solved_streak = solved_streak + 1 if evaluated >= target else 0
+                if config.train.keep_best and (best is None or evaluated > best):
+                    best = evaluated
+                    run.save_best(self.algorithm.policy(state), {"eval_return_mean": evaluated, "iteration": progress.iteration, "env_steps": progress.env_steps})
             solved = solved_streak >= config.train.solved_evaluations and config.train.stop_at_target
-            progress = Progress(iteration, env_steps, solved_streak, solved or env_steps >= config.train.total_env_steps)
+            # A solved run ends with the policy its evaluations saw, not with the update made in the same job.
+            state = state if solved else updated
+            progress = Progress(iteration, env_steps, solved_streak, solved or env_steps >= config.train.total_env_steps, best)
             metrics["iteration_s"] = time.perf_counter() - iteration_started
             metrics["driver_s"] = metrics["iteration_s"] - metrics["broadcast_s"] - metrics["tasks_s"]
             metrics["steps_per_s"] = metrics["env_steps"] / metrics["iteration_s"]
@@ -259,7 +297,12 @@ class _Loop:
 
         policy = self.algorithm.policy(state)
         policy.save(run.policy_directory)
-        returns, _ = self._evaluate(policy, progress.iteration, 1, config.train.final_eval_episodes)
+        seeds = evaluation_seeds(config.seed, progress.iteration, config.train.final_eval_episodes, Stream.FINAL_EVALUATION)
+        returns, _ = envs.evaluate(policy.act_independently, config.env, len(seeds), seeds)
+        best = progress.best_eval_return
+        if config.train.keep_best and (best is None or float(returns.mean()) > best):
+            best = float(returns.mean())
+            run.save_best(policy, {"eval_return_mean": best, "iteration": progress.iteration, "env_steps": progress.env_steps, "final": True})
         result = TrainResult(
             policy=policy,
             run_dir=run.directory,
@@ -270,6 +313,8 @@ class _Loop:
             eval_return_std=float(returns.std()),
             solved=target is not None and float(returns.mean()) >= target,
             wall_seconds=time.perf_counter() - self.started,
+            best_eval_return=best if config.train.keep_best else None,
+            best_policy_dir=run.best_directory if config.train.keep_best else None,
         )
         for observer in self.observers:
             observer.on_end(result)
@@ -285,15 +330,18 @@ class _Loop:
             run.drop_metrics_after(0)
             return self.algorithm.initial_state(), Progress()
         state, meta = run.latest_checkpoint
-        progress = Progress(meta["iteration"], meta["env_steps"], meta["solved_streak"], meta["finished"])
+        progress = Progress(meta["iteration"], meta["env_steps"], meta["solved_streak"], meta["finished"], meta["best_eval_return"])
         run.drop_metrics_after(progress.iteration)
         log.info("resuming %s after iteration %d (%d env steps)", run.directory, progress.iteration, progress.env_steps)
         return state, progress
 
-    def _iteration(self, state: dict[str, np.ndarray], iteration: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def _iteration(self, state: dict[str, np.ndarray], iteration: int, evaluating: bool) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         config, spark_context = self.config, self.spark_context
         timer = time.perf_counter()
-        payload = spark_context.broadcast(self.algorithm.task_payload(state, iteration))
+        episodes = config.train.eval_episodes if evaluating else 0
+        shipped = spark_context.broadcast(
+            {"payload": self.algorithm.task_payload(state, iteration), "evaluation_seeds": evaluation_seeds(config.seed, iteration, episodes)}
+        )
         broadcast_seconds = time.perf_counter() - timer
 
         timer = time.perf_counter()
@@ -303,70 +351,62 @@ class _Loop:
         try:
             partial = (
                 spark_context.parallelize(tasks, num_tasks)
-                .map(lambda task: _run_task(algorithm, payload, task, fingerprint))
+                .map(lambda task: _run_task(algorithm, shipped, task, config, fingerprint))
                 .treeReduce(merge, depth=config.spark.tree_depth)
             )
         except Exception as error:
             raise TrainingError(f"iteration {iteration + 1}: a task failed after Spark's retries: {_root_cause(error)}") from error
         finally:
-            payload.destroy()  # the job is over: free the driver's temp file and the executors' copies
+            shipped.destroy()  # the job is over: free the driver's temp file and the executors' copies
         tasks_seconds = time.perf_counter() - timer
 
         result = partial.finish()
         for index, reason in result.rejected.items():
             log.warning("iteration %d: rejected the result of task %d: %s", iteration + 1, index, reason)
         if not result.tasks:
-            raise TrainingError(f"iteration {iteration + 1}: every task's result was rejected ({result.rejected[0]})")
+            raise TrainingError(f"iteration {iteration + 1}: every task's result was rejected ({next(iter(result.rejected.values()))})")
         state, algorithm_metrics = self.algorithm.apply(state, result, iteration)
 
         env_steps = int(sum(task["env_steps"] for task in result.tasks))
         episode_returns = np.concatenate([task["episode_returns"] for task in result.tasks])
+        evaluation_returns = np.concatenate([share["returns"] for share in result.evaluations]) if result.evaluations else np.zeros(0)
         metrics = {
             "env_steps": env_steps,
             "episodes": len(episode_returns),
-            "episode_return_mean": float(episode_returns.mean()) if len(episode_returns) else math.nan,
-            "episode_return_min": float(episode_returns.min()) if len(episode_returns) else math.nan,
-            "episode_return_max": float(episode_returns.max()) if len(episode_returns) else math.nan,
-            "eval_return_mean": math.nan,
-            "eval_return_std": math.nan,
+            **_summary("episode_return", episode_returns, ("mean", "min", "max")),
+            **_summary("eval_return", evaluation_returns, ("mean", "std")),
+            "eval_env_steps": math.nan,
             **algorithm_metrics,
             "rejected_tasks": len(result.rejected),
             "broadcast_s": broadcast_seconds,
             "tasks_s": tasks_seconds,
             "merge_s": partial.merge_seconds,
+            "eval_s": max((share["seconds"] for share in result.evaluations), default=0.0),
         }
         return state, metrics
-
-    def _evaluate(self, policy: Policy, iteration: int, index: int, episodes: int) -> tuple[np.ndarray, np.ndarray]:
-        seed = derive_seed(self.config.seed, iteration, index, Stream.EVALUATION)
-        with _single_torch_thread():
-            return envs.evaluate(policy.act, self.config.env, episodes, seed % 2**31)
 
     def _log_progress(self, iteration: int, env_steps: int, metrics: dict[str, Any], steps_per_second: float) -> None:
         remaining = max(self.config.train.total_env_steps - env_steps, 0)
         log.info(
-            "iter %4d | steps %9d | return %8.1f | eval %8.1f | %7.0f steps/s | %5.2fs | ETA to budget %s",
+            "iter %4d | steps %9d | return %8s | eval %8s | %7.0f steps/s | %5.2fs | ETA to budget %s",
             iteration,
             env_steps,
-            metrics["episode_return_mean"],
-            metrics["eval_return_mean"],
+            _number(metrics["episode_return_mean"]),
+            _number(metrics["eval_return_mean"]),
             metrics["steps_per_s"],
             metrics["iteration_s"],
             _duration(remaining / steps_per_second if steps_per_second > 0 else math.inf),
         )
 
 
-@contextlib.contextmanager
-def _single_torch_thread() -> Iterator[None]:
-    """Evaluation runs a small batch per step: a second thread only adds synchronization (8 ms vs 20 us)."""
-    import torch
+def _summary(name: str, values: np.ndarray, statistics: tuple[str, ...]) -> dict[str, float]:
+    """``name_mean`` and the like of ``values``; NaN where there are none (no episode finished, no evaluation)."""
+    return {f"{name}_{statistic}": float(getattr(np, statistic)(values)) if len(values) else math.nan for statistic in statistics}
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+
+def _number(value: float) -> str:
+    """A progress-line figure: one decimal, or "-" where the iteration had none."""
+    return f"{value:.1f}" if math.isfinite(value) else "-"
 
 
 def _duration(seconds: float) -> str:

@@ -13,7 +13,7 @@ import torch
 from conftest import with_sections
 
 import ddrl
-from ddrl import checkpoint, envs, es
+from ddrl import checkpoint, envs, es, seeding
 from ddrl import config as config_module
 from ddrl.envs import EnvInfo
 from ddrl.policy import build_actor
@@ -77,7 +77,7 @@ def test_noise_is_the_same_in_a_fresh_process():
 
 def test_task_slices_cover_every_direction_once():
     for num_directions, num_tasks in [(32, 2), (12, 6), (7, 3), (2, 5)]:
-        covered = [k for task in range(num_tasks) for k in range(num_directions)[es.task_slice(task, num_tasks, num_directions)]]
+        covered = [k for task in range(num_tasks) for k in range(num_directions)[seeding.task_slice(task, num_tasks, num_directions)]]
         assert covered == list(range(num_directions))
 
 

@@ -13,6 +13,7 @@ from conftest import small_ppo_config
 import ddrl
 from ddrl import checkpoint, envs, ppo
 from ddrl import config as config_module
+from ddrl.merge import Partial
 from ddrl.trainer import driver_fan_in
 
 
@@ -134,21 +135,27 @@ def test_every_result_rejected_stops_the_run_and_keeps_no_bad_checkpoint(spark, 
 
 
 def test_a_model_whose_results_the_driver_cannot_collect_is_refused_before_any_job(spark, tmp_path):
-    # 2 x 2048 hidden units: 8.4M parameters, 3 arrays of 24-byte limbs = 578 MiB per task, twice that at the driver.
-    config = small_ppo_config(tmp_path, ppo={"hidden_sizes": [2048, 2048]})
+    # 2 x 4096 hidden units: 33.6M parameters, one int64 each = 256 MiB per task, twice that at the driver.
+    config = small_ppo_config(tmp_path, ppo={"hidden_sizes": [4096, 4096]})
     jobs_before = spark.sparkContext.statusTracker().getJobIdsForGroup()
-    with pytest.raises(ddrl.ConfigError, match=r"^spark: each task returns 578 MiB .* the driver would collect 1156 MiB"):
+    with pytest.raises(ddrl.ConfigError, match=r"^spark: each task returns 256 MiB, and the driver would collect 513 MiB"):
         ddrl.train(spark, config, run_dir=tmp_path / "too-large")
     assert spark.sparkContext.statusTracker().getJobIdsForGroup() == jobs_before
     assert not (tmp_path / "too-large").exists()
 
 
+@pytest.mark.parametrize("adam_moments, bytes_per_parameter", [("restart", 8), ("fedadamw", 8), ("average", 8 + 2 * 24)])
 @pytest.mark.parametrize("hidden_sizes, env_id", [([64, 64], "CartPole-v1"), ([32], "Pendulum-v1"), ([8, 16, 4], "Acrobot-v1")])
-def test_ppo_counts_its_weighted_values_as_the_task_returns_them(tmp_path, hidden_sizes, env_id):
-    config = config_module.load(small_ppo_config(tmp_path, env={"id": env_id}, ppo={"hidden_sizes": hidden_sizes}))
+def test_ppo_counts_the_bytes_its_tasks_return(tmp_path, hidden_sizes, env_id, adam_moments, bytes_per_parameter):
+    ppo_section = {"hidden_sizes": hidden_sizes, "adam_moments": adam_moments, "num_steps": 8}
+    config = config_module.load(small_ppo_config(tmp_path, env={"id": env_id}, ppo=ppo_section))
     algorithm = ppo.PPO(config, envs.describe(config.env))
-    params = algorithm.initial_state()["params"]
-    assert algorithm.weighted_size() == 3 * len(params) + 1
+    state = algorithm.initial_state()
+    assert algorithm.task_result_bytes() == bytes_per_parameter * len(state["params"])
+    output = algorithm.run_task(algorithm.task_payload(state, 0), 0, 5)
+    sent = Partial.of_task(0, output)
+    arrays = [*sent.sums.values(), *sent.fixed_sums.values()]
+    assert sum(array.nbytes for array in arrays) == algorithm.task_result_bytes()
 
 
 @pytest.mark.parametrize("num_tasks, depth, fan_in", [(2, 1, 2), (2, 3, 2), (8, 1, 8), (8, 2, 2), (8, 3, 4), (100, 2, 10), (1000, 3, 10)])
