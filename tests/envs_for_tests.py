@@ -85,3 +85,26 @@ class NotAnEnv:
 
 def not_a_class():
     return TinyDiscreteEnv()
+
+
+class FixedLengthEnv(gym.Env):
+    """Healthy: every episode lasts ``length`` steps with reward 1 a step, whatever the actions."""
+
+    observation_space = gym.spaces.Box(0.0, 1.0, shape=(2,), dtype=np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, length: int = 5) -> None:
+        self.length = length
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._observation(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._observation(), 1.0, self.t >= self.length, False, {}
+
+    def _observation(self):
+        return np.array([self.t / self.length, self.np_random.uniform()], dtype=np.float32)

@@ -6,13 +6,14 @@ means must not depend on either, down to the last bit, and must match the exact 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from fractions import Fraction
 
 import numpy as np
 import pytest
 
-from ddrl.merge import MergedResult, Partial, TaskOutput, from_limbs, merge, to_limbs
+from ddrl.merge import FixedPoint, MergedResult, Partial, TaskOutput, from_limbs, merge, to_limbs
 
 NUM_TASKS = 9
 SIZE = 257
@@ -364,3 +365,100 @@ def test_two_rejected_and_seven_healthy():
     assert list(result.rejected) == [0, 8]
     healthy = _fold([Partial.of_task(index, outputs[index]) for index in range(1, 8)]).finish()
     _assert_bit_identical(result, MergedResult(healthy.weight, healthy.means, healthy.tasks, result.rejected))
+
+
+# ---- fixed point: one int64 per value (parameter changes) ---------------------------------------------------
+
+
+def _change_outputs(seed: int, fixed_point: FixedPoint, count: int = NUM_TASKS, scale: float = 1e-2) -> list[TaskOutput]:
+    rng = np.random.default_rng(seed)
+    outputs = []
+    for index in range(count):
+        output = _output(rng, index, weight=int(rng.integers(1, 4096)))
+        change = (rng.standard_normal(SIZE) * scale * 10.0 ** rng.uniform(-6, 0, size=SIZE)).astype(np.float32)
+        outputs.append(dataclasses.replace(output, fixed={"params_change": change}, fixed_point=fixed_point))
+    return outputs
+
+
+def _exact_fixed_mean(outputs, fixed_point: FixedPoint, flat_index: int) -> Fraction:
+    """The mean of the values as the format holds them: each weighted value rounded to a multiple of 2**-k."""
+    step = Fraction(1, 2**fixed_point.fraction_bits)
+    total = sum(round(Fraction(float(o.fixed["params_change"][flat_index])) * o.weight / step) * step for o in outputs)
+    return total / sum(output.weight for output in outputs)
+
+
+def test_fixed_point_scale_fits_the_sum_of_the_largest_terms_in_int64():
+    fixed_point = FixedPoint.for_sums(terms=100_000, magnitude=65536 * 1024.0)
+    assert fixed_point.terms * fixed_point.limit * 2**fixed_point.fraction_bits <= 2**63 - 1
+    assert fixed_point.limit >= 65536 * 1024.0
+    assert FixedPoint.for_sums(terms=2, magnitude=2048 * 1024.0).fraction_bits == 41
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fixed_point_mean_is_the_exact_mean_of_the_rounded_values_in_any_order(seed):
+    fixed_point = FixedPoint.for_sums(NUM_TASKS, 4096 * 1024.0)
+    outputs = _change_outputs(seed, fixed_point)
+    reference = _fold(_partials(outputs)).finish()
+    rng = np.random.default_rng(seed)
+    for _ in range(5):
+        order = rng.permutation(NUM_TASKS)
+        shuffled = _random_tree([Partial.of_task(int(i), outputs[i]) for i in order], rng).finish()
+        assert np.array_equal(shuffled.means["params_change"], reference.means["params_change"])
+    means = reference.means["params_change"]
+    for flat_index in range(0, SIZE, 7):
+        exact = _exact_fixed_mean(outputs, fixed_point, flat_index)
+        # One rounding converting the exact integer total to float64, one dividing by the weight.
+        assert abs(Fraction(float(means[flat_index])) - exact) <= abs(exact) * Fraction(TWO_UNIT_ROUNDOFFS)
+
+
+def test_fixed_point_rounding_is_far_below_float32_resolution():
+    fixed_point = FixedPoint.for_sums(NUM_TASKS, 4096 * 1024.0)
+    outputs = _change_outputs(9, fixed_point, scale=1.0)
+    merged = _fold(_partials(outputs)).finish().means["params_change"]
+    weights = np.array([o.weight for o in outputs], dtype=np.float64)
+    exact_float = sum(o.fixed["params_change"].astype(np.float64) * o.weight for o in outputs) / weights.sum()
+    assert np.max(np.abs(merged - exact_float)) <= 2.0**-fixed_point.fraction_bits  # ~1e-12 here
+
+
+def test_fixed_point_sums_stay_exact_when_partial_sums_wrap_around():
+    """Within the safe range no partial sum overflows; beyond it int64 addition still wraps modulo 2**64, so a
+    total that fits is exact in every order.  Terms of 2**62 (a one-term scale) make partial sums wrap."""
+    fixed_point = FixedPoint(fraction_bits=0, terms=1)
+    outputs = [
+        TaskOutput(1, {}, {}, 0, np.zeros(0), np.zeros(0), fixed={"change": np.array([value])}, fixed_point=fixed_point)
+        for value in (2.0**62, 2.0**62, -(2.0**62))
+    ]
+    partials = _partials(outputs)
+    wrapped = partials[0].merge(partials[1])
+    assert wrapped.fixed_sums["change"][0] < 0  # 2**63 wrapped around to -2**63
+    for order in itertools.permutations(range(3)):
+        total = _fold([partials[i] for i in order])
+        assert int(total.fixed_sums["change"][0]) == 2**62
+        assert total.finish().means["change"][0] == 2.0**62 / 3
+
+
+def test_a_change_outside_the_safe_range_is_rejected_with_its_reason():
+    fixed_point = FixedPoint.for_sums(2, 100 * 1024.0)
+    healthy, diverged = _change_outputs(3, fixed_point, count=2)
+    diverged.fixed["params_change"][5] = 3.0 * fixed_point.limit / diverged.weight
+    merged = merge(Partial.of_task(0, healthy), Partial.of_task(1, diverged)).finish()
+    assert list(merged.rejected) == [1]
+    assert "outside the safe range" in merged.rejected[1] and "params_change" in merged.rejected[1]
+    assert merged.weight == healthy.weight
+    np.testing.assert_array_equal(merged.means["params_change"], Partial.of_task(0, healthy).finish().means["params_change"])
+
+
+@pytest.mark.parametrize("poison", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_change_is_rejected(poison):
+    fixed_point = FixedPoint.for_sums(2, 100 * 1024.0)
+    (output,) = _change_outputs(4, fixed_point, count=1)
+    output.fixed["params_change"][0] = poison
+    assert Partial.of_task(0, output).rejected == {0: "non-finite values in 'params_change'"}
+
+
+def test_fixed_point_and_limbs_travel_together():
+    fixed_point = FixedPoint.for_sums(NUM_TASKS, 4096 * 1024.0)
+    outputs = _change_outputs(5, fixed_point)
+    merged = _fold(_partials(outputs)).finish()
+    assert set(merged.means) == {"params", "stat", "params_change"}
+    _assert_within_rounding_of_exact(outputs, merged, "params")
