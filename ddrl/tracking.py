@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from ddrl.config import Config
 from ddrl.plots import CURVE_FILE, plot_runs
+from ddrl.policy import load_policy
 
 if TYPE_CHECKING:
     from ddrl.run import Run
@@ -36,6 +37,8 @@ log = logging.getLogger("ddrl")
 
 MODEL_NAME = "model"
 """The MLflow model the observer logs (the policy's serving module); ``policy/`` holds ddrl's own files."""
+BEST_MODEL_NAME = "best_model"
+"""The same for the best-evaluated policy (``train.keep_best``); ``best/`` holds ddrl's own files."""
 MLFLOW_RUN_FILE = "mlflow_run.json"
 """In RUN_DIR: the MLflow run a resumed run continues."""
 
@@ -138,10 +141,12 @@ class MlflowObserver(_Guarded):
 
     * params: the resolved config, flattened (``ppo.learning_rate``), plus ``run_dir``;
     * metrics: every finite number of each iteration's row, with ``step`` = cumulative env steps;
-      at the end ``final_eval_return_mean``/``_std``, ``solved``, ``wall_seconds``;
-    * artifacts: ``config.yaml``, ``learning_curve.png``, ``policy/`` (``ddrl.load_policy`` reads it);
-    * model ``model``: ``mlflow.pytorch`` (torch.export format) of ``ddrl.export.serving_module``:
-      float32 observations in, actions out, normalization included (``log_model=False`` skips it).
+      at the end ``final_eval_return_mean``/``_std``, ``best_eval_return``, ``solved``, ``wall_seconds``;
+    * artifacts: ``config.yaml``, ``learning_curve.png``, ``policy/`` and ``best/`` (``ddrl.load_policy`` reads
+      them);
+    * models ``model`` and ``best_model``: ``mlflow.pytorch`` (torch.export format) of
+      ``ddrl.export.serving_module`` for the final and the best-evaluated policy: float32 observations in,
+      actions out, normalization included (``log_model=False`` skips them).
 
     A run already active when training starts (opened by the caller) is used and left open; otherwise the
     observer starts one named after the run directory and ends it.  A resumed run continues its MLflow run.
@@ -154,6 +159,7 @@ class MlflowObserver(_Guarded):
         self.log_model = log_model
         self.run_id: str | None = None
         self.model_uri: str | None = None
+        self.best_model_uri: str | None = None
         self.owns_run = False
         self.directory: Path | None = None
 
@@ -233,6 +239,7 @@ class MlflowObserver(_Guarded):
         final = {
             "final_eval_return_mean": result.eval_return_mean,
             "final_eval_return_std": result.eval_return_std,
+            "best_eval_return": result.best_eval_return if result.best_eval_return is not None else math.nan,
             "solved": float(result.solved),
             "wall_seconds": result.wall_seconds,
         }
@@ -245,14 +252,18 @@ class MlflowObserver(_Guarded):
         if curve.exists():
             client.log_artifact(run_id, str(curve))
         client.log_artifacts(run_id, str(directory / "policy"), "policy")
+        if result.best_policy_dir is not None:
+            client.log_artifacts(run_id, str(result.best_policy_dir), "best")
         if self.log_model:
-            self.model_uri = _log_serving_model(result.policy, run_id)
+            self.model_uri = _log_serving_model(result.policy, run_id, MODEL_NAME)
+            if result.best_policy_dir is not None:
+                self.best_model_uri = _log_serving_model(load_policy(result.best_policy_dir), run_id, BEST_MODEL_NAME)
         if self.owns_run:
             mlflow.end_run()
             _OPEN_RUN.pop("run_id", None)
 
 
-def _log_serving_model(policy: Any, run_id: str) -> str:
+def _log_serving_model(policy: Any, run_id: str, name: str) -> str:
     """``mlflow.pytorch.log_model`` of the serving module (torch.export format); returns the model URI."""
     import mlflow
     import numpy as np
@@ -268,19 +279,19 @@ def _log_serving_model(policy: Any, run_id: str) -> str:
     active = mlflow.active_run()
     torch_requirement = "torch==" + __import__("torch").__version__.split("+")[0]
     if active is not None and active.info.run_id == run_id:
-        info = _log_model(serving_module(policy), ModelSignature(inputs, outputs), example, torch_requirement)
+        info = _log_model(serving_module(policy), name, ModelSignature(inputs, outputs), example, torch_requirement)
     else:  # the observer's run is not the active one (the caller switched runs): log into ours explicitly
         with mlflow.start_run(run_id=run_id, nested=active is not None):
-            info = _log_model(serving_module(policy), ModelSignature(inputs, outputs), example, torch_requirement)
+            info = _log_model(serving_module(policy), name, ModelSignature(inputs, outputs), example, torch_requirement)
     return info.model_uri
 
 
-def _log_model(module: Any, signature: Any, example: Any, requirement: str) -> Any:
+def _log_model(module: Any, name: str, signature: Any, example: Any, requirement: str) -> Any:
     import mlflow.pytorch
 
     return mlflow.pytorch.log_model(
         module,
-        name=MODEL_NAME,
+        name=name,
         signature=signature,
         input_example=example,
         pip_requirements=[requirement],

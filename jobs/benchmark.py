@@ -6,7 +6,7 @@ Parts (``--only`` takes one or more, comma-separated or repeated; default all, i
                   rollout rate inside a task and the whole-iteration rate, for CartPole-v1 and HalfCheetah-v5 PPO;
 * ``breakdown``   where an iteration's time goes (broadcast, scheduling, rollout, update, merge, driver apply and
                   evaluation) for CartPole PPO and HalfCheetah ARS, and the size/time of one task's pickled result;
-* ``cost_model``  broadcast and treeReduce (the real ``ddrl.merge`` limbs) at 10k, 1M and 10M parameters over 2, 4
+* ``cost_model``  broadcast and treeReduce (the real ``ddrl.merge`` fixed-point format) at 10k, 1M and 10M parameters over 2, 4
                   and 8 partitions and tree depths 1-3, fitted to a model of iteration time (see BENCHMARKS.md);
 * ``scaling``     local[1] against local[2], local-cluster[1,1,1024] against local-cluster[2,1,1024] (each run a
                   separate ./spark-submit.sh process, equal step budgets, warm-up iteration excluded);
@@ -496,7 +496,7 @@ def breakdown_of(iterations: list[dict[str, Any]], algo: str) -> dict[str, float
     """Seconds per component summed over the iterations after the first, and the iteration total.
 
     scheduling = tasks_s - (slowest task's rollout + update) - merge_s: job scheduling, task launch, the task's
-    own overhead outside rollout/update (loading parameters, to_limbs), serialization and result transfer.
+    own overhead outside rollout/update (loading parameters, encoding the change), serialization and result transfer.
     For ES the update is the driver's ``apply`` (the ARS/ES step); for PPO the update runs in the tasks.
     """
     totals = dict.fromkeys(("iteration", "broadcast", "scheduling", "rollout", "update", "merge", "apply", "eval", "driver_other"), 0.0)
@@ -539,10 +539,10 @@ def result_serialization(config_path: str, overrides: list[str], repetitions: in
     dumps_s, data = timed(lambda: serializer.dumps(partial), repetitions)
     loads_s, _ = timed(lambda: serializer.loads(data), repetitions)  # our own bytes, just made: measuring Spark's cost
     payload_s, payload_bytes = timed(lambda: serializer.dumps(payload), repetitions)
-    limb_bytes = sum(limbs.nbytes for limbs in partial.sums.values())
+    array_bytes = sum(array.nbytes for array in [*partial.sums.values(), *partial.fixed_sums.values()])
     return {
         "result_bytes": len(data),
-        "limb_bytes": limb_bytes,
+        "array_bytes": array_bytes,
         "result_dumps_s": dumps_s,
         "result_loads_s": loads_s,
         "payload_bytes": len(payload_bytes),
@@ -609,6 +609,13 @@ def breakdown(bench: Bench) -> dict[str, Any]:
 # ---- part 4: cost model --------------------------------------------------------------------------------------
 
 
+def _cost_format() -> Any:
+    """The fixed-point scale PPO would use for 8 tasks of 2,048 samples: the sizes measured here."""
+    from ddrl.merge import FixedPoint
+
+    return FixedPoint.for_sums(8, 2048 * 1024.0)
+
+
 def tree_plan(partitions: int, depth: int) -> list[int]:
     """Partitions at each level of PySpark's treeAggregate, ending with what the driver folds."""
     scale = max(int(math.ceil(partitions ** (1.0 / depth))), 2)
@@ -620,12 +627,12 @@ def tree_plan(partitions: int, depth: int) -> list[int]:
 
 
 def _make_partial(index: int, size: int) -> Any:
-    """Executor side: one task's Partial of ``size`` float32 parameters, built the real way (to_limbs)."""
+    """Executor side: one task's Partial of a change of ``size`` float32 parameters, built the real way (PPO's format)."""
     from ddrl.merge import Partial, TaskOutput
 
     started = time.perf_counter()
-    values = np.random.default_rng(index).standard_normal(size, dtype=np.float32)
-    output = TaskOutput(1, {"params": values}, {}, 0, np.zeros(0), np.zeros(0, dtype=np.int64))
+    values = np.random.default_rng(index).standard_normal(size, dtype=np.float32) * 1e-3
+    output = TaskOutput(1, {}, {}, 0, np.zeros(0), np.zeros(0, dtype=np.int64), fixed={"params_change": values}, fixed_point=_cost_format())
     partial = Partial.of_task(index, output)
     partial.records[index]["make_s"] = time.perf_counter() - started
     return partial
@@ -639,11 +646,11 @@ def partial_costs(values: np.ndarray, repetitions: int) -> dict[str, Any]:
     """Driver-side costs of one task's Partial for ``values``: making, merging, finishing and (un)pickling it."""
     from pyspark.serializers import CPickleSerializer
 
-    from ddrl.merge import Partial, to_limbs
+    from ddrl.merge import Partial
 
     costs: dict[str, Any] = {"float32_bytes": values.nbytes}
-    costs["to_limbs_s"], limbs = timed(lambda: to_limbs(values.astype(np.float64)), repetitions)
-    partial = Partial(1, {"params": limbs}, {}, {})
+    costs["encode_s"], encoded = timed(lambda: _cost_format().encode(values.astype(np.float64)), repetitions)
+    partial = Partial(1, {}, {}, {}, fixed_sums={"params_change": encoded}, fixed_point=_cost_format())
     costs["merge_pair_s"], _ = timed(lambda: partial.merge(partial), repetitions)
     costs["finish_s"], _ = timed(partial.finish, repetitions)
     serializer = CPickleSerializer()
@@ -687,11 +694,11 @@ def cost_model(bench: Bench) -> dict[str, Any]:
         entry: dict[str, Any] = {"broadcast": {}, "tree_reduce": {}, **partial_costs(values, repetitions)}
         case = f"{size:,} params"
         rows += [
-            row(case, "Partial on the wire (3 int64 limbs/param)", entry["partial_bytes"] / 1e6, "MB"),
-            row(case, "to_limbs (task side, per array)", entry["to_limbs_s"] * 1e3, "ms"),
+            row(case, "Partial on the wire (one int64 per parameter)", entry["partial_bytes"] / 1e6, "MB"),
+            row(case, "encode the change (task side)", entry["encode_s"] * 1e3, "ms"),
             row(case, "merge of two Partials", entry["merge_pair_s"] * 1e3, "ms"),
             row(case, "pickle / unpickle one Partial", f"{entry['pickle_s'] * 1e3:.1f} / {entry['unpickle_s'] * 1e3:.1f}", "ms"),
-            row(case, "finish (from_limbs on the driver)", entry["finish_s"] * 1e3, "ms"),
+            row(case, "finish (decode on the driver)", entry["finish_s"] * 1e3, "ms"),
         ]
         for partitions in sizes.cost_partitions:
             created, reads = [], []
@@ -796,7 +803,8 @@ def _waves(partitions: int, cores: int) -> int:
 # for a real cluster network.  See BENCHMARKS.md for the derivation.
 NETWORK_BYTES_PER_S = 1.25e9  # assumption: 10 Gb/s driver and executor NICs
 MAX_RESULT_BYTES = 2**30  # spark.driver.maxResultSize's default: a plan collecting more on the driver is infeasible
-PPO_WEIGHTED_ARRAYS = 3  # params, adam_m, adam_v travel as limbs; the broadcast holds them as float32
+BROADCAST_BYTES_PER_PARAM = 4  # PPO's default payload: the parameters as float32 (adam_moments: restart)
+RESULT_BYTES_PER_PARAM = 8  # its result: the parameter change as one int64 (ddrl.merge.FixedPoint)
 
 
 def fit_model(data: dict[str, Any], cores: int) -> dict[str, Any]:
@@ -812,7 +820,7 @@ def fit_model(data: dict[str, Any], cores: int) -> dict[str, Any]:
     largest = data["sizes"][sizes[-1]]
     params = float(sizes[-1])
     per_param = {
-        "to_limbs_s": largest["to_limbs_s"] / params,
+        "encode_s": largest["encode_s"] / params,
         "merge_s": largest["merge_pair_s"] / params,
         "finish_s": largest["finish_s"] / params,
         "pickle_s_per_byte": largest["pickle_s"] / largest["partial_bytes"],
@@ -857,30 +865,30 @@ def _slope(points: list[tuple[float, float]]) -> float:
 def iteration_model(executors: int, params: float, task_s: float, depth: int, constants: dict[str, Any]) -> dict[str, Any]:
     """Predicted seconds of one PPO iteration, one task per executor (weak scaling: fixed work per task).
 
-    broadcast   the driver pickles 3 float32 arrays (4 bytes/param each) once; torrent distribution takes about
+    broadcast   the driver pickles the float32 parameters (4 bytes/param) once; torrent distribution takes about
                 log2(E + 1) rounds of the whole payload over the network; every executor's worker unpickles it;
     scheduling  a per-job floor, one Python task start (all executors in parallel), and the driver's serial
                 per-task cost times E;
-    reduce      every task converts 3 arrays to limbs (24 bytes/param each) and pickles them; each tree level
+    reduce      every task encodes its parameter change (8 bytes/param) and pickles it; each tree level
                 moves fan-in results into one reducer (shuffle cost per byte + network) and merges them; the
                 driver collects the last level's results (collect cost per byte + network), merges, finishes.
     """
     per = constants["per_param"]
     collect_per_byte = constants["collect_s_per_byte"] + 1 / constants["network_bytes_per_s_assumed"]
     shuffle_per_byte = constants["shuffle_s_per_byte"] + 1 / constants["network_bytes_per_s_assumed"]
-    broadcast_bytes = 4 * params * PPO_WEIGHTED_ARRAYS
-    result_bytes = 24 * params * PPO_WEIGHTED_ARRAYS
+    broadcast_bytes = BROADCAST_BYTES_PER_PARAM * params
+    result_bytes = RESULT_BYTES_PER_PARAM * params
     broadcast = (broadcast_bytes * (constants["broadcast_create_s_per_byte"] + constants["broadcast_read_s_per_byte"])
                  + broadcast_bytes / constants["network_bytes_per_s_assumed"] * math.ceil(math.log2(executors + 1)))
     scheduling = constants["job_floor_s"] + constants["python_task_s"] + constants["driver_per_task_s"] * executors
-    task_side = params * PPO_WEIGHTED_ARRAYS * per["to_limbs_s"]
+    task_side = params * per["encode_s"]
     levels = tree_plan(executors, depth)
     reduce_levels = 0.0
     for upper, lower in zip(levels, levels[1:]):
         fan_in = math.ceil(upper / lower)
-        reduce_levels += fan_in * result_bytes * shuffle_per_byte + (fan_in - 1) * params * PPO_WEIGHTED_ARRAYS * per["merge_s"]
+        reduce_levels += fan_in * result_bytes * shuffle_per_byte + (fan_in - 1) * params * per["merge_s"]
     final = levels[-1]
-    driver = final * result_bytes * collect_per_byte + (final - 1) * params * PPO_WEIGHTED_ARRAYS * per["merge_s"] + params * PPO_WEIGHTED_ARRAYS * per["finish_s"]
+    driver = final * result_bytes * collect_per_byte + (final - 1) * params * per["merge_s"] + params * per["finish_s"]
     overhead = broadcast + scheduling + task_side + reduce_levels + driver
     return {"broadcast_s": broadcast, "scheduling_s": scheduling, "task_side_s": task_side, "reduce_levels_s": reduce_levels,
             "driver_reduce_s": driver, "overhead_s": overhead, "iteration_s": task_s + overhead, "efficiency": task_s / (task_s + overhead),
@@ -923,7 +931,7 @@ def model_rows(model: dict[str, Any]) -> list[dict[str, Any]]:
     rows = [
         row("model", "job floor / Python task start / driver per task",
             f"{model['job_floor_s'] * 1e3:.0f} / {model['python_task_s'] * 1e3:.0f} / {model['driver_per_task_s'] * 1e3:.2f}", "ms"),
-        row("model", "merge / to_limbs / finish per parameter", f"{per['merge_s'] * 1e9:.2f} / {per['to_limbs_s'] * 1e9:.1f} / {per['finish_s'] * 1e9:.1f}", "ns"),
+        row("model", "merge / encode / finish per parameter", f"{per['merge_s'] * 1e9:.2f} / {per['encode_s'] * 1e9:.1f} / {per['finish_s'] * 1e9:.1f}", "ns"),
         row("model", "pickle / unpickle per MB", f"{per['pickle_s_per_byte'] * 1e9:.2f} / {per['unpickle_s_per_byte'] * 1e9:.2f}", "ms"),
         row("model", "moving results per MB: collect on the driver / through a reduceByKey level (local session)",
             f"{model['collect_s_per_byte'] * 1e9:.2f} / {model['shuffle_s_per_byte'] * 1e9:.2f}", "ms"),

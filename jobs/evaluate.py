@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a run directory (with config.yaml and policy/)")
     parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--best", action="store_true", help="the run's best-evaluated policy (best/) instead of its final one")
     parser.add_argument("--seed", type=int, default=12345, help="seed of the evaluation episodes")
     parser.add_argument("--gif", type=Path, metavar="OUT.gif", help="record one episode of the policy as an animated GIF")
     parser.add_argument("--gif-every", type=int, default=2, metavar="K", help="keep every K-th frame (default 2)")
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = config_module.load(args.run_dir / CONFIG_FILE)
-        policy = ddrl.load_policy(args.run_dir)
+        policy = ddrl.load_policy(args.run_dir, best=args.best)
     except (ddrl.ConfigError, FileNotFoundError) as error:
         print(f"ddrl: {error}", file=sys.stderr)
         return 2

@@ -19,11 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a run directory (or its policy/ directory)")
     parser.add_argument("--out", type=Path, required=True, help="policy.pt2 (torch.export) or policy.pt (TorchScript)")
+    parser.add_argument("--best", action="store_true", help="the run's best-evaluated policy (best/) instead of its final one")
     args = parser.parse_args(argv)
     if args.out.suffix not in (".pt2", ".pt", ".ts"):
         parser.error("--out must end in .pt2 (torch.export) or .pt/.ts (TorchScript)")
     try:
-        policy = ddrl.load_policy(args.run_dir)
+        policy = ddrl.load_policy(args.run_dir, best=args.best)
     except FileNotFoundError as error:
         print(f"ddrl: {error}", file=sys.stderr)
         return 2

@@ -134,3 +134,32 @@ def test_export_job_writes_both_formats(tmp_path, capsys):
     np.testing.assert_array_equal(torch.export.load(str(tmp_path / "policy.pt2")).module()(batch).numpy(), expected)
     np.testing.assert_array_equal(torch.jit.load(str(tmp_path / "policy.pt"))(batch).numpy(), expected)
     assert export.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.pt2")]) == 2
+
+
+def test_export_and_evaluate_jobs_take_the_best_policy(tmp_path, capsys):
+    from jobs import evaluate, export
+
+    final = saved_policy(tmp_path, "CartPole-v1", [64, 64], True, seed=0)
+    best = saved_policy(tmp_path / "other", "CartPole-v1", [64, 64], True, seed=1)
+    (tmp_path / "other" / "policy").rename(tmp_path / "best")
+    batch = torch.from_numpy(observations(final, 64))
+    assert not np.array_equal(best.act(batch.numpy()), final.act(batch.numpy()))
+    assert export.main([str(tmp_path), "--best", "--out", str(tmp_path / "best.pt2")]) == 0
+    np.testing.assert_array_equal(torch.export.load(str(tmp_path / "best.pt2")).module()(batch).numpy(), best.act(batch.numpy()))
+    (tmp_path / "config.yaml").write_text(config_module.dump(config_module.load(small_ppo_config(tmp_path))))
+    assert evaluate.main([str(tmp_path), "--best", "--episodes", "2"]) == 0
+    assert "over 2 episodes" in capsys.readouterr().out
+    assert export.main([str(tmp_path / "best"), "--best", "--out", str(tmp_path / "x.pt2")]) == 2  # a policy dir has no best/
+
+
+@pytest.mark.parametrize("env_id, hidden_sizes", [("CartPole-v1", [64, 64]), ("Pendulum-v1", [64, 64])])
+def test_act_independently_does_not_depend_on_the_batch_and_agrees_with_act(tmp_path, env_id, hidden_sizes):
+    policy = saved_policy(tmp_path, env_id, hidden_sizes, True)
+    batch = observations(policy, 33)
+    together = policy.act_independently(batch)
+    for start, stop in ((0, 1), (5, 12), (32, 33)):
+        np.testing.assert_array_equal(policy.act_independently(batch[start:stop]), together[start:stop])
+    if policy.env.discrete:
+        np.testing.assert_array_equal(together, policy.act(batch))
+    else:
+        np.testing.assert_allclose(together, policy.act(batch), rtol=1e-5, atol=1e-5)

@@ -165,7 +165,8 @@ def test_mlflow_logs_params_metric_history_artifacts_and_model(spark, tmp_path, 
     assert run.data.metrics["final_eval_return_mean"] == pytest.approx(result.eval_return_mean)
 
     artifacts = {item.path for item in mlflow_store.list_artifacts(run_id)}
-    assert {"config.yaml", CURVE_FILE, "policy"} <= artifacts
+    assert {"config.yaml", CURVE_FILE, "policy", "best"} <= artifacts
+    assert run.data.metrics["best_eval_return"] == pytest.approx(result.best_eval_return)
     assert {item.path for item in mlflow_store.list_artifacts(run_id, "policy")} == {"policy/policy.json", "policy/policy.safetensors"}
     downloaded = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="policy", dst_path=str(tmp_path / "download"))
     observations = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
@@ -173,6 +174,9 @@ def test_mlflow_logs_params_metric_history_artifacts_and_model(spark, tmp_path, 
 
     served = mlflow.pyfunc.load_model(observers[1].model_uri)  # the serving module, normalization included
     np.testing.assert_array_equal(np.asarray(served.predict(observations)), result.policy.act(observations))
+    served_best = mlflow.pyfunc.load_model(observers[1].best_model_uri)
+    best = ddrl.load_policy(result.run_dir, best=True)
+    np.testing.assert_array_equal(np.asarray(served_best.predict(observations)), best.act(observations))
 
     # Resuming the (finished) run continues the same MLflow run instead of starting another.
     ddrl.train(spark, str(config_path), resume=tmp_path / "run", observers=[MlflowObserver(log_model=False)])
