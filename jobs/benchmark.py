@@ -12,7 +12,11 @@ Parts (``--only`` takes one or more, comma-separated or repeated; default all, i
                   separate ./spark-submit.sh process, equal step budgets, warm-up iteration excluded);
 * ``vs_sb3``      whole-process time to solve CartPole-v1 (README command) against Stable-Baselines3 PPO with rl-zoo
                   hyperparameters, several seeds;
-* ``halfcheetah`` equal wall time (15 min each): ddrl ARS on both cores against SB3 PPO (rl-zoo) on one core.
+* ``halfcheetah`` equal wall time (15 min each): ddrl ARS on both cores against SB3 PPO (rl-zoo) on one core;
+* ``rounds``      CartPole-v1 env steps and training time to the first 20-episode evaluation >= 475 against local
+                  rounds, task count and Adam's moments, several seeds each (#10);
+* ``large_model`` a 2.1M-parameter PPO (HalfCheetah-v5, 1024x1024, 8 tasks): iteration time against the tasks'
+                  own work, in the 8-byte format and with Adam's moments averaged (56 bytes a parameter) (#10).
 
 The in-process parts (throughput, breakdown, cost_model) share one Spark session, stopped before the parts that
 start their own processes, so that at most one Spark session runs at a time.  ``--quick`` shrinks every part to
@@ -50,13 +54,32 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-PARTS = ("throughput", "breakdown", "cost_model", "scaling", "vs_sb3", "halfcheetah")
+PARTS = ("throughput", "breakdown", "cost_model", "rounds", "large_model", "scaling", "vs_sb3", "halfcheetah")
 """In running order: the in-process parts first (one Spark session), then those that start their own."""
-IN_PROCESS = ("throughput", "breakdown", "cost_model")
+IN_PROCESS = ("throughput", "breakdown", "cost_model", "rounds", "large_model")
 CARTPOLE_TARGET = 475.0
 
 
 # ---- sizes ---------------------------------------------------------------------------------------------------
+
+_ZOO_ROUNDS = ["env.num_envs=8", "ppo.num_steps=32", "ppo.update_epochs=20", "ppo.num_minibatches=1", "ppo.gamma=0.98",
+               "ppo.gae_lambda=0.8", "ppo.learning_rate=0.001", "train.total_env_steps=100000"]
+ROUND_VARIANTS: dict[str, list[str]] = {
+    # name: overrides of conf/cartpole_ppo.yaml.  "8x256" rounds: 8 envs x 256 steps, 10 epochs of 8 minibatches;
+    # "zoo" rounds: rl-zoo's CartPole PPO (8 envs x 32 steps, 20 epochs of one 256-sample minibatch, lr 1e-3
+    # annealed over 100k steps, gamma 0.98, GAE 0.8), which SB3 runs.
+    "8x256 rounds, 2 tasks, K=1, adam average (the previous defaults)": ["env.num_envs=8", "ppo.num_steps=256", "ppo.update_epochs=10",
+        "ppo.num_minibatches=8", "ppo.local_rounds=1", "spark.num_tasks=2", "ppo.adam_moments=average"],
+    "8x256 rounds, 2 tasks, K=1, adam restart": ["env.num_envs=8", "ppo.num_steps=256", "ppo.update_epochs=10", "ppo.num_minibatches=8",
+        "ppo.local_rounds=1", "spark.num_tasks=2", "ppo.adam_moments=restart"],
+    "8x256 rounds, 2 tasks, K=1, adam fedadamw": ["env.num_envs=8", "ppo.num_steps=256", "ppo.update_epochs=10", "ppo.num_minibatches=8",
+        "ppo.local_rounds=1", "spark.num_tasks=2", "ppo.adam_moments=fedadamw"],
+    "zoo rounds, 2 tasks, K=8, adam fedadamw": [*_ZOO_ROUNDS, "spark.num_tasks=2", "ppo.local_rounds=8", "ppo.adam_moments=fedadamw"],
+    "zoo rounds, 1 task, K=8, adam fedadamw": [*_ZOO_ROUNDS, "spark.num_tasks=1", "ppo.local_rounds=8", "ppo.adam_moments=fedadamw"],
+    "zoo rounds, 1 task, K=16, adam fedadamw": [*_ZOO_ROUNDS, "spark.num_tasks=1", "ppo.local_rounds=16", "ppo.adam_moments=fedadamw"],
+    "zoo rounds, 1 task, K=16, adam restart": [*_ZOO_ROUNDS, "spark.num_tasks=1", "ppo.local_rounds=16", "ppo.adam_moments=restart"],
+    "the shipped config": [],
+}
 
 
 @dataclasses.dataclass
@@ -84,6 +107,12 @@ class Sizes:
     sb3_max_steps: int = 100_000  # rl-zoo's CartPole budget (the linear schedules decay over it)
     halfcheetah_minutes: float = 15.0
     subprocess_timeout: float = 1200.0
+    rounds_seeds: tuple[int, ...] = tuple(range(1, 13))
+    rounds_variants: tuple[str, ...] = tuple(ROUND_VARIANTS)
+    rounds_budget: int | None = None  # None: each variant's own step budget
+    large_model_iterations: int = 3  # the first (workers start, evaluation) is not measured
+    large_model_hidden: int = 1024
+    large_model_steps: int | None = None  # None: the config's 1024 steps per task
 
     @staticmethod
     def quick() -> "Sizes":
@@ -106,6 +135,12 @@ class Sizes:
             sb3_max_steps=8192,
             halfcheetah_minutes=1.0,
             subprocess_timeout=600.0,
+            rounds_seeds=(1,),
+            rounds_variants=tuple(ROUND_VARIANTS)[:2],
+            rounds_budget=8192,
+            large_model_iterations=2,
+            large_model_hidden=64,
+            large_model_steps=64,
         )
 
 
@@ -261,8 +296,8 @@ def build_spark_session() -> Any:
 
 
 class _Probe:
-    """Driver-side timings that ddrl's metrics do not hold: every task's rollout/update, the driver's apply and
-    evaluation, gathered per iteration (an observer closes each iteration)."""
+    """Driver-side timings that ddrl's metrics do not hold: every task's rollout/update and the driver's apply,
+    gathered per iteration (an observer closes each iteration)."""
 
     def __init__(self) -> None:
         self.iterations: list[dict[str, Any]] = []
@@ -270,7 +305,7 @@ class _Probe:
 
     @staticmethod
     def _fresh() -> dict[str, Any]:
-        return {"apply_s": 0.0, "eval_s": 0.0, "tasks": []}
+        return {"apply_s": 0.0, "tasks": []}
 
     def on_start(self, run: Any) -> None:
         self.current = self._fresh()
@@ -285,9 +320,8 @@ class _Probe:
 
 @contextlib.contextmanager
 def _probing(probe: _Probe) -> Iterator[None]:
-    """Wrap the algorithms' ``apply`` and ``ddrl.envs.evaluate`` on the driver only (executors import their own,
-    unwrapped classes: instances travel by reference to their class).  Restored on exit."""
-    import ddrl.envs
+    """Wrap the algorithms' ``apply`` on the driver only (executors import their own, unwrapped classes: instances
+    travel by reference to their class).  Restored on exit."""
     import ddrl.es
     import ddrl.ppo
 
@@ -311,17 +345,6 @@ def _probing(probe: _Probe) -> Iterator[None]:
 
     wrap_apply(ddrl.ppo.PPO)
     wrap_apply(ddrl.es.EvolutionStrategy)
-    original_evaluate = ddrl.envs.evaluate
-
-    def evaluate(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return original_evaluate(*args, **kwargs)
-        finally:
-            probe.current["eval_s"] += time.perf_counter() - started
-
-    restore.append((ddrl.envs, "evaluate", original_evaluate))
-    ddrl.envs.evaluate = evaluate
     try:
         yield
     finally:
@@ -495,9 +518,10 @@ def _slim(iterations: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def breakdown_of(iterations: list[dict[str, Any]], algo: str) -> dict[str, float]:
     """Seconds per component summed over the iterations after the first, and the iteration total.
 
-    scheduling = tasks_s - (slowest task's rollout + update) - merge_s: job scheduling, task launch, the task's
-    own overhead outside rollout/update (loading parameters, encoding the change), serialization and result transfer.
-    For ES the update is the driver's ``apply`` (the ARS/ES step); for PPO the update runs in the tasks.
+    scheduling = tasks_s - (slowest task's rollout + update) - its evaluation share - merge_s: job scheduling, task
+    launch, the task's own overhead outside rollout/update (loading parameters, encoding the change), serialization
+    and result transfer.  Evaluation runs inside the job (eval_s: the slowest task's share).  For ES the update is
+    the driver's ``apply`` (the ARS/ES step); for PPO the update runs in the tasks.
     """
     totals = dict.fromkeys(("iteration", "broadcast", "scheduling", "rollout", "update", "merge", "apply", "eval", "driver_other"), 0.0)
     for r in iterations[1:]:
@@ -506,14 +530,14 @@ def breakdown_of(iterations: list[dict[str, Any]], algo: str) -> dict[str, float
         totals["broadcast"] += r["broadcast_s"]
         totals["rollout"] += slowest["rollout_s"]
         totals["merge"] += r["merge_s"]
-        totals["scheduling"] += r["tasks_s"] - slowest["rollout_s"] - slowest["update_s"] - r["merge_s"]
+        totals["scheduling"] += r["tasks_s"] - slowest["rollout_s"] - slowest["update_s"] - r["eval_s"] - r["merge_s"]
         if algo == "es":
             totals["update"] += r["apply_s"]
         else:
             totals["update"] += slowest["update_s"]
             totals["apply"] += r["apply_s"]
         totals["eval"] += r["eval_s"]
-        totals["driver_other"] += r["driver_s"] - r["apply_s"] - r["eval_s"]
+        totals["driver_other"] += r["driver_s"] - r["apply_s"]
     return totals
 
 
@@ -575,7 +599,7 @@ def breakdown(bench: Bench) -> dict[str, Any]:
             "update": "update (slowest task)" if config.algo == "ppo" else "update (driver apply: the ES step)",
             "merge": "merge (treeReduce merge calls)",
             "apply": "driver apply (PPO: averaging)",
-            "eval": "driver evaluation",
+            "eval": "evaluation inside the job (slowest task)",
             "driver_other": "driver other (finish, metrics, checkpoint, log)",
         }
         for key, name in names.items():
@@ -1087,6 +1111,8 @@ def _require_sb3() -> None:
 
 
 def vs_sb3(bench: Bench) -> dict[str, Any]:
+    """The README's first command against SB3 PPO (rl-zoo), seed by seed in turn: whole processes, each side stopping
+    at its first 20-episode evaluation >= 475 (ddrl's config: train.solved_evaluations 1, train.eval_episodes 20)."""
     _require_sb3()
     sizes = bench.sizes
     runs: dict[str, list[dict[str, Any]]] = {"ddrl": [], "sb3": []}
@@ -1095,49 +1121,48 @@ def vs_sb3(bench: Bench) -> dict[str, Any]:
         overrides = [f"seed={seed}"] + ([f"train.total_env_steps={sizes.sb3_ddrl_steps}"] if sizes.sb3_ddrl_steps else [])
         result = run_process(train_command(None, "conf/cartpole_ppo.yaml", run_dir, overrides), bench.work / "logs" / f"vs_sb3-ddrl-seed{seed}.log",
                              sizes.subprocess_timeout)
-        parsed = parse_train_output(result["output"])
         config_file = run_dir / "config.yaml"
         startup = config_file.stat().st_mtime - result["launched"] if config_file.exists() else math.nan
         metrics = read_run_metrics(run_dir)
-        first_solved = next((r for r in metrics if (r.get("eval_return_mean") or -math.inf) >= CARTPOLE_TARGET), None)
+        solved = any((r.get("eval_return_mean") or -math.inf) >= CARTPOLE_TARGET for r in metrics)
         runs["ddrl"].append({
-            "seed": seed, "returncode": result["returncode"], **parsed, "wall_parent_s": result["wall_parent_s"], "startup_s": startup,
+            "seed": seed, "returncode": result["returncode"], **parse_train_output(result["output"]), "wall_parent_s": result["wall_parent_s"],
+            "solved": solved, "startup_s": startup,
             "first_iteration_s": metrics[0]["iteration_s"] if metrics else math.nan,
             "later_iteration_s": median([r["iteration_s"] for r in metrics[1:]]),
-            "first_eval_at_target_s": startup + first_solved["wall_s"] if first_solved else math.nan,
+            "iterations_s": sum(r["iteration_s"] for r in metrics),
             "log": result["log"], "load_average": load_average(),
         })
         command = [sys.executable, str(ROOT / "jobs" / "benchmark.py"), "sb3-cartpole", "--seed", str(seed), "--max-steps", str(sizes.sb3_max_steps)]
         result = run_process(command, bench.work / "logs" / f"vs_sb3-sb3-seed{seed}.log", sizes.subprocess_timeout)
-        runs["sb3"].append({"seed": seed, "returncode": result["returncode"], **parse_train_output(result["output"]),
-                            "wall_parent_s": result["wall_parent_s"], "log": result["log"], "load_average": load_average()})
+        parsed = parse_train_output(result["output"])
+        runs["sb3"].append({"seed": seed, "returncode": result["returncode"], **parsed, "wall_parent_s": result["wall_parent_s"],
+                            "solved": parsed.get("stop_eval", -math.inf) >= CARTPOLE_TARGET, "log": result["log"], "load_average": load_average()})
 
-    def solved_time(run: dict[str, Any], solved_key: str) -> float:
-        return run.get("wall_s", math.nan) if run.get(solved_key) else math.inf
+    def solved_time(run: dict[str, Any]) -> float:
+        return run["wall_parent_s"] if run["solved"] else math.inf
 
-    ddrl_times = [solved_time(r, "final_solved") for r in runs["ddrl"]]
-    sb3_times = [r.get("wall_s", math.nan) if r.get("stop_eval", -math.inf) >= CARTPOLE_TARGET else math.inf for r in runs["sb3"]]
-    ddrl_median, sb3_median = float(np.median(ddrl_times)), float(np.median(sb3_times))
-    comparable = math.isfinite(ddrl_median) or math.isfinite(sb3_median)
+    ddrl_times, sb3_times = [solved_time(r) for r in runs["ddrl"]], [solved_time(r) for r in runs["sb3"]]
+    ratios = [d / s for d, s in zip(ddrl_times, sb3_times)]
+    ratio = float(np.median(ratios))
     rows = []
     for r, t in zip(runs["ddrl"], ddrl_times):
-        rows.append(row(f"ddrl seed {r['seed']}", "wall to solved (final 20-ep eval >= 475)", t if math.isfinite(t) else f"not solved (final eval {r.get('final_eval')})",
+        rows.append(row(f"ddrl seed {r['seed']}", "process wall to its first 20-ep eval >= 475 (and exit)", t if math.isfinite(t) else "not solved",
                         "s" if math.isfinite(t) else ""))
-    for r, t in zip(runs["sb3"], sb3_times):
-        rows.append(row(f"SB3 seed {r['seed']}", "wall to a 20-ep eval >= 475", t if math.isfinite(t) else f"not solved (last eval {r.get('stop_eval')})",
-                        "s" if math.isfinite(t) else ""))
+    for r, t, q in zip(runs["sb3"], sb3_times, ratios):
+        rows.append(row(f"SB3 seed {r['seed']}", "process wall to its first 20-ep eval >= 475 (and exit)", t if math.isfinite(t) else "not solved",
+                        "s" if math.isfinite(t) else "", f"ddrl / SB3 = {q:.2f}"))
     rows += [
-        row("ddrl", f"median wall to solved ({len(ddrl_times)} seeds)", ddrl_median, "s", "<= SB3 median",
-            ddrl_median <= sb3_median if comparable else None),
-        row("SB3", f"median wall to solved ({len(sb3_times)} seeds)", sb3_median, "s"),
+        row("ddrl / SB3", f"median of the per-seed ratios ({len(ratios)} seeds)", ratio, "x", "<= 1.0 (no worse than 1.3)", ratio <= 1.0),
+        row("ddrl", "median process wall", float(np.median(ddrl_times)), "s"),
+        row("SB3", "median process wall", float(np.median(sb3_times)), "s"),
         row("ddrl", "median env steps", median([r.get("env_steps", math.nan) for r in runs["ddrl"]]), "steps"),
         row("SB3", "median env steps", median([r.get("stop_steps", math.nan) for r in runs["sb3"]]), "steps"),
         row("ddrl", "median start-up before iteration 1 (interpreter, imports, JVM, Spark session)", median([r["startup_s"] for r in runs["ddrl"]]), "s"),
-        row("ddrl", "start-up share of wall time", median([r["startup_s"] / r["wall_s"] * 100 for r in runs["ddrl"] if "wall_s" in r]), "%"),
-        row("ddrl", "median wall to solved minus start-up", median([t - r["startup_s"] for r, t in zip(runs["ddrl"], ddrl_times)]), "s"),
-        row("ddrl", "first iteration / later iterations (worker start, imports)",
-            f"{median([r['first_iteration_s'] for r in runs['ddrl']]):.2f} / {median([r['later_iteration_s'] for r in runs['ddrl']]):.2f}", "s"),
-        row("ddrl", "median wall to first eval >= 475 (before the 3-eval stop rule)", median([r["first_eval_at_target_s"] for r in runs["ddrl"]]), "s"),
+        row("ddrl", "median first iteration (Python workers start and import torch, first job)", median([r["first_iteration_s"] for r in runs["ddrl"]]), "s"),
+        row("ddrl", "median later iteration", median([r["later_iteration_s"] for r in runs["ddrl"]]), "s"),
+        row("ddrl", "median after the last iteration (final evaluation, plot, Spark stop, exit)",
+            median([r["wall_parent_s"] - r["startup_s"] - r["iterations_s"] for r in runs["ddrl"]]), "s"),
     ]
     return {"rows": rows, "data": runs}
 
@@ -1286,6 +1311,79 @@ def sb3_halfcheetah(argv: list[str]) -> int:
     return 0
 
 
+# ---- rounds: local rounds, task count and Adam's moments on CartPole (#10) --------------------------------------
+
+
+def rounds(bench: Bench) -> dict[str, Any]:
+    """Each variant and seed on the shared session, stopping at the first 20-episode evaluation >= 475: env steps, and
+    training seconds (the iterations' own time: start-up is the same for every variant and is measured by vs_sb3)."""
+    import ddrl
+
+    sizes, data, rows = bench.sizes, {}, []
+    stop = ["train.solved_evaluations=1", "train.eval_episodes=20", "output.checkpoint_every=1000"]
+    budget = [f"train.total_env_steps={sizes.rounds_budget}"] if sizes.rounds_budget else []
+    warm = ddrl.train(bench.spark(), ROOT / "conf" / "cartpole_ppo.yaml", overrides=[*stop, "train.total_env_steps=1"],
+                      run_dir=bench.work / "runs" / "rounds-warm-up", observers=[])  # Python workers start and import torch
+    log(f"rounds: workers warm ({warm.wall_seconds:.1f} s)")
+    for variant in sizes.rounds_variants:
+        runs = []
+        for seed in sizes.rounds_seeds:
+            label = f"rounds-{len(data)}-seed{seed}"
+            result = ddrl.train(bench.spark(), ROOT / "conf" / "cartpole_ppo.yaml", overrides=[*ROUND_VARIANTS[variant], *stop, *budget, f"seed={seed}"],
+                                run_dir=bench.work / "runs" / label, observers=[])
+            metrics = result.metrics.to_pylist()
+            solved = result.best_eval_return is not None and result.best_eval_return >= CARTPOLE_TARGET
+            runs.append({"seed": seed, "env_steps": result.env_steps, "iterations": result.iterations, "solved": solved,
+                         "training_s": sum(r["iteration_s"] for r in metrics), "iteration_s": median([r["iteration_s"] for r in metrics]),
+                         "final_eval": result.eval_return_mean})
+            log(f"rounds: {variant} seed {seed}: {result.env_steps} steps, {runs[-1]['training_s']:.1f} s, solved {solved}")
+        data[variant] = runs
+        steps = [r["env_steps"] if r["solved"] else math.inf for r in runs]
+        seconds = [r["training_s"] if r["solved"] else math.inf for r in runs]
+        rows += [
+            row(variant, f"env steps to solved, median (mean) of {len(runs)} seeds",
+                f"{np.median(steps):,.0f} ({np.mean(steps):,.0f})", "steps"),
+            row(variant, "training seconds to solved, median (mean)", f"{np.median(seconds):.1f} ({np.mean(seconds):.1f})", "s"),
+            row(variant, "seconds per iteration, median; seeds not solved in budget",
+                f"{median([r['iteration_s'] for r in runs]):.2f}; {sum(not r['solved'] for r in runs)}", "s"),
+        ]
+    return {"rows": rows, "data": data}
+
+
+# ---- large_model: a 2.1M-parameter PPO, iteration time against the tasks' own work (#10) ------------------------
+
+
+def large_model(bench: Bench) -> dict[str, Any]:
+    """HalfCheetah-v5 PPO with two hidden layers of ``large_model_hidden`` units, 8 tasks: each iteration's time against
+    its tasks' own rollout and update spread over the cores, with the 8-byte result and with Adam's moments averaged."""
+    from ddrl import envs, ppo
+
+    sizes, data, rows = bench.sizes, {}, []
+    cores = int(bench.spark().sparkContext.defaultParallelism)
+    hidden = sizes.large_model_hidden
+    base = [f"ppo.hidden_sizes=[{hidden},{hidden}]", "spark.num_tasks=8", "train.eval_every=1000"]
+    base += [f"ppo.num_steps={sizes.large_model_steps}"] if sizes.large_model_steps else []
+    for adam in ("restart", "average"):
+        label = f"large_model-{adam}"
+        config, iterations = train_in_process(bench, "conf/halfcheetah_ppo.yaml", [*base, f"ppo.adam_moments={adam}"], sizes.large_model_iterations, label)
+        algorithm = ppo.PPO(config, envs.describe(config.env))
+        measured = iterations[1:]
+        own = [sum(t["rollout_s"] + t["update_s"] for t in r["tasks"]) / cores for r in measured]
+        total = [r["iteration_s"] for r in measured]
+        beyond = [(t - o) / t * 100 for t, o in zip(total, own)]
+        data[adam] = {"parameters": sum(algorithm.tensor_sizes), "result_bytes": algorithm.task_result_bytes(), "cores": cores,
+                      "iterations": _slim(iterations)}
+        case = f"{sum(algorithm.tensor_sizes) / 1e6:.1f}M params, adam {adam}"
+        rows += [
+            row(case, "bytes per parameter per task (result)", algorithm.task_result_bytes() / sum(algorithm.tensor_sizes), "B"),
+            row(case, "iteration, median", median(total), "s"),
+            row(case, f"tasks' own rollout + update over {cores} cores, median", median(own), "s"),
+            row(case, "time beyond the tasks' own work", median(beyond), "%", "<= 10%", median(beyond) <= 10),
+            row(case, "broadcast / merge, median", f"{median([r['broadcast_s'] for r in measured]):.2f} / {median([r['merge_s'] for r in measured]):.2f}", "s"),
+        ]
+    return {"rows": rows, "data": data}
+
+
 # ---- main ----------------------------------------------------------------------------------------------------
 
 RUNNERS: dict[str, Callable[[Bench], dict[str, Any]]] = {
@@ -1295,6 +1393,8 @@ RUNNERS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "scaling": scaling,
     "vs_sb3": vs_sb3,
     "halfcheetah": halfcheetah,
+    "rounds": rounds,
+    "large_model": large_model,
 }
 
 

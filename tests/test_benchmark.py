@@ -43,3 +43,21 @@ def test_tree_plan_follows_pyspark():
 def test_parse_train_output():
     text = "final evaluation: 500.0 +- 0.0 over 20 episodes (solved)\nenv steps: 36864 in 9 iterations\nwall time: 65.2 s, whole process\n"
     assert benchmark.parse_train_output(text) == {"final_eval": 500.0, "final_eval_std": 0.0, "final_solved": True, "env_steps": 36864, "wall_s": 65.2}
+
+
+def test_rounds_and_large_model_parts_run_at_smoke_size(spark, tmp_path):
+    sizes = benchmark.Sizes.quick()
+    sizes.rounds_variants = sizes.rounds_variants[:1]
+    sizes.rounds_budget = 2048
+    out = tmp_path / "benchmark.json"
+    bench = benchmark.Bench(sizes, tmp_path / "work", out, quick=True, spark=spark)
+
+    benchmark.run_parts(bench, ["rounds", "large_model"])
+
+    stored = json.loads(out.read_text())
+    assert stored["meta"]["failures"] == {}
+    (runs,) = stored["parts"]["rounds"]["data"].values()
+    assert [run["seed"] for run in runs] == [1] and runs[0]["env_steps"] <= 2048 + 4096
+    large = stored["parts"]["large_model"]["data"]
+    assert large["restart"]["result_bytes"] == 8 * large["restart"]["parameters"]
+    assert large["average"]["result_bytes"] == 56 * large["average"]["parameters"]
