@@ -57,7 +57,7 @@ def test_rounds_and_large_model_parts_run_at_smoke_size(spark, tmp_path):
     stored = json.loads(out.read_text())
     assert stored["meta"]["failures"] == {}
     (runs,) = stored["parts"]["rounds"]["data"].values()
-    assert [run["seed"] for run in runs] == [1] and runs[0]["env_steps"] <= 2048 + 4096
+    assert [run["seed"] for run in runs] == [1] and runs[0]["consumed_env_steps"] <= 2048 + 4096
     large = stored["parts"]["large_model"]["data"]
     assert large["restart"]["result_bytes"] == 8 * large["restart"]["parameters"]
     assert large["average"]["result_bytes"] == 56 * large["average"]["parameters"]
