@@ -1365,17 +1365,21 @@ def large_model(bench: Bench) -> dict[str, Any]:
     hidden = sizes.large_model_hidden
     base = [f"ppo.hidden_sizes=[{hidden},{hidden}]", "spark.num_tasks=8", "train.eval_every=1000"]
     base += [f"ppo.num_steps={sizes.large_model_steps}"] if sizes.large_model_steps else []
-    for adam in ("restart", "average"):
-        label = f"large_model-{adam}"
-        config, iterations = train_in_process(bench, "conf/halfcheetah_ppo.yaml", [*base, f"ppo.adam_moments={adam}"], sizes.large_model_iterations, label)
+    # 8 results through treeReduce: depth 1 collects all 8 on the driver, depth 2 adds a reduceByKey level of 2.
+    variants = {"fedadamw, depth 1": ["ppo.adam_moments=fedadamw", "spark.tree_depth=1"],
+                "fedadamw, depth 2": ["ppo.adam_moments=fedadamw", "spark.tree_depth=2"],
+                "average, depth 2": ["ppo.adam_moments=average", "spark.tree_depth=2"]}
+    for name, overrides in variants.items():
+        label = "large_model-" + name.replace(", ", "-").replace(" ", "")
+        config, iterations = train_in_process(bench, "conf/halfcheetah_ppo.yaml", [*base, *overrides], sizes.large_model_iterations, label)
         algorithm = ppo.PPO(config, envs.describe(config.env))
         measured = iterations[1:]
         own = [sum(t["rollout_s"] + t["update_s"] for t in r["tasks"]) / cores for r in measured]
         total = [r["iteration_s"] for r in measured]
         beyond = [(t - o) / t * 100 for t, o in zip(total, own)]
-        data[adam] = {"parameters": sum(algorithm.tensor_sizes), "result_bytes": algorithm.task_result_bytes(), "cores": cores,
+        data[name] = {"parameters": sum(algorithm.tensor_sizes), "result_bytes": algorithm.task_result_bytes(), "cores": cores,
                       "iterations": _slim(iterations)}
-        case = f"{sum(algorithm.tensor_sizes) / 1e6:.1f}M params, adam {adam}"
+        case = f"{sum(algorithm.tensor_sizes) / 1e6:.1f}M params, adam {name}"
         rows += [
             row(case, "bytes per parameter per task (result)", algorithm.task_result_bytes() / sum(algorithm.tensor_sizes), "B"),
             row(case, "iteration, median", median(total), "s"),

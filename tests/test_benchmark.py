@@ -59,5 +59,5 @@ def test_rounds_and_large_model_parts_run_at_smoke_size(spark, tmp_path):
     (runs,) = stored["parts"]["rounds"]["data"].values()
     assert [run["seed"] for run in runs] == [1] and runs[0]["consumed_env_steps"] <= 2048 + 4096
     large = stored["parts"]["large_model"]["data"]
-    assert large["restart"]["result_bytes"] == 8 * large["restart"]["parameters"]
-    assert large["average"]["result_bytes"] == 56 * large["average"]["parameters"]
+    assert large["fedadamw, depth 1"]["result_bytes"] == 8 * large["fedadamw, depth 1"]["parameters"]
+    assert large["average, depth 2"]["result_bytes"] == 56 * large["average, depth 2"]["parameters"]
