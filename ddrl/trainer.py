@@ -17,7 +17,6 @@ import importlib
 import logging
 import math
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping, Protocol
@@ -109,7 +108,11 @@ def _ship_package(spark_context: Any) -> None:
     from_zip = not package_dir.is_dir()  # imported from a --py-files zip, which Spark already ships
     if installed or from_zip or spark_context.applicationId in _SHIPPED:
         return
-    archive_dir = Path(tempfile.mkdtemp(prefix="ddrl-package-"))
+    from pyspark import SparkFiles
+
+    # Spark's own per-session directory, deleted when the session stops: the file server reads the archive from
+    # here whenever an executor fetches it, so it must outlive this call, but not the session.
+    archive_dir = Path(SparkFiles.getRootDirectory()) / "ddrl-package"
     archive = shutil.make_archive(str(archive_dir / "ddrl"), "zip", package_dir.parent, package_dir.name)
     spark_context.addPyFile(archive)
     _SHIPPED.add(spark_context.applicationId)

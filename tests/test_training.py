@@ -161,3 +161,19 @@ def test_ppo_counts_the_bytes_its_tasks_return(tmp_path, hidden_sizes, env_id, a
 @pytest.mark.parametrize("num_tasks, depth, fan_in", [(2, 1, 2), (2, 3, 2), (8, 1, 8), (8, 2, 2), (8, 3, 4), (100, 2, 10), (1000, 3, 10)])
 def test_driver_fan_in_follows_pysparks_tree_plan(num_tasks, depth, fan_in):
     assert driver_fan_in(num_tasks, depth) == fan_in
+
+
+def test_shipping_the_package_leaves_no_directory_in_the_temp_folder(spark, tmp_path):
+    import tempfile
+    from pathlib import Path
+
+    from pyspark import SparkFiles
+
+    from ddrl import trainer
+
+    before = set(Path(tempfile.gettempdir()).glob("ddrl-package-*"))
+    trainer._SHIPPED.discard(spark.sparkContext.applicationId)  # as if this session had not shipped it yet
+    trainer._ship_package(spark.sparkContext)
+    assert set(Path(tempfile.gettempdir()).glob("ddrl-package-*")) == before
+    assert (Path(SparkFiles.getRootDirectory()) / "ddrl-package" / "ddrl.zip").exists()  # removed with the session
+    ddrl.train(spark, small_ppo_config(tmp_path), run_dir=tmp_path / "run", observers=[])  # executors still import it
