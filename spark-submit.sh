@@ -5,7 +5,8 @@
 #   ./spark-submit.sh --test [pytest options]        # the whole test suite, same environment
 #
 # The master defaults to $DDRL_MASTER, else local[*]; any master works: spark://HOST:7077, yarn, k8s://...
-# The venv lives in $DDRL_VENV (default .venv) and is rebuilt whenever requirements.txt changes.
+# The venv lives in $DDRL_VENV (default .venv), holds ddrl itself (editable), and is rebuilt whenever
+# requirements.txt or pyproject.toml changes.
 # Off local mode, the ddrl package is zipped into build/ddrl-package.zip on every run and shipped with --py-files.
 # --ship-env (or DDRL_SHIP_ENV=1) also ships the whole venv (venv-pack, build/ddrl-env.tar.gz, rebuilt when
 # requirements.txt changes) as --archives ...#environment and runs executors' Python from it; without it,
@@ -18,7 +19,7 @@ export DDRL_STARTED_AT=${DDRL_STARTED_AT:-$(date +%s.%N)}
 
 ensure_venv() {
   local wanted stamp="$VENV/.requirements.sha256"
-  wanted=$(sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1)
+  wanted=$(cat "$ROOT/requirements.txt" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)
   if [[ -x "$VENV/bin/python" && "$(cat "$stamp" 2>/dev/null)" == "$wanted" ]]; then
     return
   fi
@@ -26,6 +27,8 @@ ensure_venv() {
   echo "ddrl: setting up $VENV from requirements.txt (first run only) ..." >&2
   [[ -x "$VENV/bin/python" ]] || "$python" -m venv "$VENV"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements.txt" >&2
+  # ddrl itself, editable: `import ddrl` works from any directory with this venv's Python.
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e "$ROOT" >&2
   echo "$wanted" > "$stamp"
 }
 
