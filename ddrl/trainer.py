@@ -275,9 +275,7 @@ class _Loop:
                 evaluated = metrics["eval_return_mean"]
                 if target is not None:
                     solved_streak = solved_streak + 1 if evaluated >= target else 0
-                if config.train.keep_best and (best is None or evaluated > best):
-                    best = evaluated
-                    run.save_best(self.algorithm.policy(state), {"eval_return_mean": evaluated, "iteration": progress.iteration, "env_steps": progress.env_steps})
+                best = self._keep_if_best(best, evaluated, lambda: self.algorithm.policy(state), progress)
             solved = solved_streak >= config.train.solved_evaluations and config.train.stop_at_target
             # A solved run ends with the policy its evaluations saw, not with the update made in the same job.
             state = state if solved else updated
@@ -302,10 +300,7 @@ class _Loop:
         policy.save(run.policy_directory)
         seeds = evaluation_seeds(config.seed, progress.iteration, config.train.final_eval_episodes, Stream.FINAL_EVALUATION)
         returns, _ = envs.evaluate(policy.act_independently, config.env, len(seeds), seeds)
-        best = progress.best_eval_return
-        if config.train.keep_best and (best is None or float(returns.mean()) > best):
-            best = float(returns.mean())
-            run.save_best(policy, {"eval_return_mean": best, "iteration": progress.iteration, "env_steps": progress.env_steps, "final": True})
+        best = self._keep_if_best(progress.best_eval_return, float(returns.mean()), lambda: policy, progress, final=True)
         result = TrainResult(
             policy=policy,
             run_dir=run.directory,
@@ -322,6 +317,14 @@ class _Loop:
         for observer in self.observers:
             observer.on_end(result)
         return result
+
+    def _keep_if_best(self, best: float | None, evaluated: float, policy: Any, progress: Progress, final: bool = False) -> float | None:
+        """With ``train.keep_best``, save ``policy()`` (the evaluated one, at ``progress``) if it beats ``best``; the best."""
+        if not self.config.train.keep_best or (best is not None and not evaluated > best):
+            return best
+        record = {"eval_return_mean": evaluated, "iteration": progress.iteration, "env_steps": progress.env_steps}
+        self.run.save_best(policy(), {**record, "final": True} if final else record)
+        return evaluated
 
     def _initial_state(self) -> tuple[dict[str, np.ndarray], "Progress"]:
         run = self.run
