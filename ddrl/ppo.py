@@ -263,7 +263,10 @@ def collect_round(
     episode_returns, episode_lengths, running_return, running_length = _finished_episodes(
         rewards, valid, done, cursor.episode_return, cursor.episode_length
     )
-    discounted_returns, running_discounted = _discounted_returns(rewards, valid, hp.gamma, cursor.discounted_return)
+    if hp.normalize_reward:
+        discounted_returns, running_discounted = _discounted_returns(rewards, valid, hp.gamma, cursor.discounted_return)
+    else:  # the statistic is not needed: skip its loop over the steps
+        discounted_returns, running_discounted = np.zeros((0, num_envs)), cursor.discounted_return
     with torch.inference_mode():
         all_values = model.value(torch.from_numpy(observations.reshape(-1, obs_dim))).numpy().reshape(num_steps + 1, num_envs)
     values, next_values = all_values[:-1].astype(np.float64), all_values[1:].astype(np.float64)
