@@ -150,6 +150,9 @@ def action_bounds(env: EnvInfo) -> tuple[np.ndarray, np.ndarray] | None:
     return None if env.discrete else (np.array(env.action_low), np.array(env.action_high))
 
 
+LOSSES = ("pg_loss", "v_loss", "entropy", "approx_kl", "clipfrac")
+"""The update's per-step statistics, averaged over a task's Adam steps and then over tasks."""
+
 MAX_PARAMETER_CHANGE = 2.0**10
 """A task whose parameters moved further than this in one job has diverged: its result is rejected.  The bound
 sets the fixed-point scale of the merge (2**-41 for 2 CartPole tasks, 2**-24 for 100,000 tasks of 65k samples)."""
@@ -265,8 +268,9 @@ def collect_round(
     )
     if hp.normalize_reward:
         discounted_returns, running_discounted = _discounted_returns(rewards, valid, hp.gamma, cursor.discounted_return)
+        discounted_returns = discounted_returns[valid]
     else:  # the statistic is not needed: skip its loop over the steps
-        discounted_returns, running_discounted = np.zeros((0, num_envs)), cursor.discounted_return
+        discounted_returns, running_discounted = np.zeros(0), cursor.discounted_return
     with torch.inference_mode():
         all_values = model.value(torch.from_numpy(observations.reshape(-1, obs_dim))).numpy().reshape(num_steps + 1, num_envs)
     values, next_values = all_values[:-1].astype(np.float64), all_values[1:].astype(np.float64)
@@ -284,7 +288,7 @@ def collect_round(
         returns=torch.from_numpy((advantages + values).reshape(-1)[keep]).float(),
         values=torch.from_numpy(values.reshape(-1)[keep]).float(),
         raw_observations=raw_observations[:-1][valid],
-        discounted_returns=discounted_returns[valid] if hp.normalize_reward else np.zeros(0),
+        discounted_returns=discounted_returns,
         episode_returns=episode_returns,
         episode_lengths=episode_lengths,
     )
@@ -330,7 +334,7 @@ def ppo_update(model: "ActorCritic", optimizer: torch.optim.Adam, batch: Batch, 
             nn.utils.clip_grad_norm_(model.parameters(), hp.max_grad_norm)
             optimizer.step()
             updates += 1
-            for name, value in zip(("pg_loss", "v_loss", "entropy", "approx_kl", "clipfrac"), (pg_loss, v_loss, entropy_loss, approx_kl, clipfrac)):
+            for name, value in zip(LOSSES, (pg_loss, v_loss, entropy_loss, approx_kl, clipfrac)):
                 stats[name].append(value.item())
         if hp.target_kl is not None and stats["approx_kl"][-1] > hp.target_kl:
             break
@@ -424,7 +428,7 @@ class PPO:
         mean_sq_change = float(np.dot(samples, [task["change_sq_norm"] for task in tasks]) / samples.sum())
         metrics = {
             name: float(np.mean([task[name] for task in tasks]))
-            for name in ("pg_loss", "v_loss", "entropy", "approx_kl", "clipfrac", "explained_variance", "learning_rate", "rollout_s", "update_s")
+            for name in (*LOSSES, "explained_variance", "learning_rate", "rollout_s", "update_s")
         }
         metrics["drift"] = math.sqrt(max(mean_sq_change - float(np.dot(mean_change, mean_change)), 0.0))
         metrics["update_norm"] = float(np.linalg.norm(new_state["params"] - state["params"]))
@@ -461,8 +465,10 @@ class PPO:
 
         # ---- local_rounds rounds of rollout and update, the envs going on where the last round left them
         cursor = EnvCursor.reset(vector_env, seed)
-        stats: dict[str, list[float]] = {"pg_loss": [], "v_loss": [], "entropy": [], "approx_kl": [], "clipfrac": []}
-        batches, explained, updates, rollout_seconds, update_seconds = [], [], 0, 0.0, 0.0
+        stats: dict[str, list[float]] = {name: [] for name in LOSSES}
+        explained, updates, rollout_seconds, update_seconds, samples = [], 0, 0.0, 0.0, 0
+        # What the driver's statistics need from each round; the round's training batch itself is dropped.
+        seen_observations, discounted_returns, episode_returns, episode_lengths = [], [], [], []
         for learning_rate in payload["learning_rates"]:
             started = time.perf_counter()
             batch, cursor = collect_round(vector_env, model, cursor, rng, hp, self.env, obs_mean, obs_std, reward_scale)
@@ -471,13 +477,16 @@ class PPO:
             optimizer.param_groups[0]["lr"] = learning_rate
             updates += ppo_update(model, optimizer, batch, hp, stats)
             update_seconds += time.perf_counter() - started
-            batches.append(batch)
+            samples += len(batch.obs)
             explained.append(explained_variance(batch))
+            seen_observations.append(batch.raw_observations)
+            discounted_returns.append(batch.discounted_returns)
+            episode_returns.append(batch.episode_returns)
+            episode_lengths.append(batch.episode_lengths)
 
         change = flat_parameters(model).astype(np.float64) - payload["params"]
-        samples = sum(len(batch.obs) for batch in batches)
-        obs_moments = Moments.of(np.concatenate([batch.raw_observations for batch in batches]))
-        return_moments = Moments.of(np.concatenate([batch.discounted_returns for batch in batches]))
+        obs_moments = Moments.of(np.concatenate(seen_observations))
+        return_moments = Moments.of(np.concatenate(discounted_returns))
         records = {
             **{name: float(np.mean(values)) for name, values in stats.items()},
             "explained_variance": float(np.mean(explained)),
@@ -504,8 +513,8 @@ class PPO:
             fixed_point=self.fixed_point,
             records=records,
             env_steps=len(payload["learning_rates"]) * hp.num_steps * self.config.env.num_envs,
-            episode_returns=np.concatenate([batch.episode_returns for batch in batches]),
-            episode_lengths=np.concatenate([batch.episode_lengths for batch in batches]),
+            episode_returns=np.concatenate(episode_returns),
+            episode_lengths=np.concatenate(episode_lengths),
         )
 
     def _worker_objects(self) -> tuple[Any, ActorCritic, torch.optim.Adam]:
