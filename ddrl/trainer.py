@@ -1,22 +1,21 @@
-"""The Spark iteration loop: split, ship, work, merge, update and repeat.
+"""The driver's iteration loop: split, ship, work, merge, update and repeat.
 
-Each iteration the driver broadcasts the algorithm's payload, runs one Spark task per derived seed, merges
-the task results with ``RDD.treeReduce`` (exactly, so the result does not depend on arrival order), applies
-the merged result, logs, checkpoints, and destroys the broadcast.  On evaluation iterations the same job also
-evaluates the broadcast policy: every task runs its share of the episodes, each seeded from (run seed,
-iteration, episode), so the result does not depend on the task count; the stop rule and the best policy kept
-(``train.keep_best``) go by these evaluations.  Nothing here knows which algorithm runs: see
-``ddrl.algorithm`` for the interface.
+Each iteration the driver asks the algorithm for its payload, derives one seed per task, and hands both to the
+session's engine (``ddrl.engines``: broadcast and treeReduce on classic Spark, mapInArrow on Spark Connect),
+which runs the tasks and gives back their exact merge (``ddrl.merge``, so arrival order does not matter).  The
+driver applies the merged result, logs and checkpoints.  On evaluation iterations the same job also evaluates
+the shipped policy: every task runs its share of the episodes, each seeded from (run seed, iteration,
+episode), so the result does not depend on the task count; the stop rule and the best policy kept
+(``train.keep_best``) go by these evaluations.  Nothing here knows which algorithm runs (``ddrl.algorithm``)
+or which Spark API runs the tasks (``ddrl.engines``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gc
 import importlib
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Mapping, Protocol
@@ -26,11 +25,11 @@ import pyarrow as pa
 
 from ddrl import checkpoint, envs
 from ddrl.algorithm import Algorithm
-from ddrl.config import ALGORITHMS, Config, ConfigError
-from ddrl.merge import Partial, merge
+from ddrl.config import ALGORITHMS, Config
+from ddrl.engines import Engine, Work, engine_for
 from ddrl.policy import Policy
 from ddrl.run import Run
-from ddrl.seeding import Stream, derive_seed, seed_everything, task_slice
+from ddrl.seeding import Stream, derive_seed
 from ddrl.tracking import default_observers
 
 log = logging.getLogger("ddrl")
@@ -79,146 +78,17 @@ def train(
     """
     started = time.perf_counter()
     run = config if isinstance(config, Run) else Run.open(config, overrides, run_dir, resume)
-    spark_context = _spark_context(spark)
-    _ship_package(spark_context)
+    engine = engine_for(spark)
     algorithm: Algorithm = importlib.import_module(ALGORITHMS[run.config.algo]).build(run.config, run.env)
-    _check_result_size(spark_context, run.config, algorithm)
+    engine.prepare(run.config, algorithm)
     if observers is None:
         observers = default_observers(run.config)
-    return _Loop(run, algorithm, spark_context, started, observers).train()
-
-
-def _spark_context(spark: Any) -> Any:
-    try:
-        return spark.sparkContext
-    except Exception as error:  # Spark Connect raises PySparkNotImplementedError (JVM_ATTRIBUTE_NOT_SUPPORTED)
-        raise ConfigError(
-            "spark: this session has no SparkContext (Spark Connect, Databricks serverless or shared access mode); "
-            "ddrl needs the RDD API: use classic or single-user compute"
-        ) from error
-
-
-_SHIPPED: set[str] = set()
-
-
-def _ship_package(spark_context: Any) -> None:
-    """Make ``ddrl`` importable on executors when it is not installed there: zip it and ``addPyFile`` it."""
-    package_dir = Path(__file__).resolve().parent
-    installed = "site-packages" in package_dir.parts
-    from_zip = not package_dir.is_dir()  # imported from a --py-files zip, which Spark already ships
-    if installed or from_zip or spark_context.applicationId in _SHIPPED:
-        return
-    from pyspark import SparkFiles
-
-    # Spark's own per-session directory, deleted when the session stops: the file server reads the archive from
-    # here whenever an executor fetches it, so it must outlive this call, but not the session.
-    archive_dir = Path(SparkFiles.getRootDirectory()) / "ddrl-package"
-    archive = shutil.make_archive(str(archive_dir / "ddrl"), "zip", package_dir.parent, package_dir.name)
-    spark_context.addPyFile(archive)
-    _SHIPPED.add(spark_context.applicationId)
-
-
-DRIVER_HEAP_SHARE = 0.15
-"""The share of the driver's JVM heap that results collected in one job may take: in local mode the heap holds
-them several times over (executor, block manager, fetched copy).  2 x 240 MB on a 2 GiB heap (23 %) ran out
-of it, and the job then hung (BENCHMARKS.md, cost model)."""
-
-
-def _check_result_size(spark_context: Any, config: Config, algorithm: Algorithm) -> None:
-    """Refuse, before the first job, a model whose task results the driver cannot collect: Spark would abort the
-    job at ``spark.driver.maxResultSize`` or, short of heap, hang without an error."""
-    per_task = algorithm.task_result_bytes()
-    collected = per_task * driver_fan_in(config.spark.num_tasks, config.spark.tree_depth)
-    jvm = spark_context._jvm
-    heap = int(jvm.java.lang.Runtime.getRuntime().maxMemory())
-    max_result_size = int(jvm.org.apache.spark.network.util.JavaUtils.byteStringAsBytes(
-        spark_context.getConf().get("spark.driver.maxResultSize", "1g")))
-    limits = {
-        "spark.driver.maxResultSize": max_result_size or math.inf,  # 0 means unlimited
-        f"{DRIVER_HEAP_SHARE:.0%} of the driver's heap": heap * DRIVER_HEAP_SHARE,
-    }
-    name, limit = min(limits.items(), key=lambda item: item[1])
-    if collected > limit:
-        raise ConfigError(
-            f"spark: each task returns {per_task / 2**20:.0f} MiB, and "
-            f"the driver would collect {collected / 2**20:.0f} MiB per iteration, over {name} ({limit / 2**20:.0f} MiB): "
-            "use a smaller model, a deeper spark.tree_depth, or more spark.driver.memory"
-        )
-
-
-def driver_fan_in(num_tasks: int, depth: int) -> int:
-    """How many partial results ``RDD.treeReduce(depth)`` collects on the driver: PySpark's treeAggregate plan."""
-    partitions: float = num_tasks
-    scale = max(int(math.ceil(num_tasks ** (1.0 / depth))), 2)
-    while partitions > scale + partitions / scale:
-        partitions /= scale
-    return int(partitions)
-
-
-def _run_task(algorithm: Algorithm, shipped: Any, task: tuple[int, int], config: Config, run_fingerprint: str) -> Partial:
-    """Executor side: one task's share of the evaluation, then its work, reseeded from its own seed so that a
-    retry returns the same bytes."""
-    index, seed = task
-    _limit_threads()
-    payload, evaluation_seeds = shipped.value["payload"], shipped.value["evaluation_seeds"]
-    share = evaluation_seeds[task_slice(index, config.spark.num_tasks, len(evaluation_seeds))]
-    evaluation = _evaluate_share(algorithm.payload_policy(payload), config, share, run_fingerprint) if share else None
-    seed_everything(seed)
-    partial = Partial.of_task(index, algorithm.run_task(payload, index, seed), evaluation)
-    _freeze_long_lived_objects(run_fingerprint)
-    return partial
-
-
-_EVALUATION_ENVS: dict[tuple[str, int], Any] = {}
-
-
-def _evaluate_share(policy: Policy, config: Config, seeds: list[int], run_fingerprint: str) -> dict[str, Any]:
-    """Greedy episodes of the broadcast policy, one per seed, in an env vector cached per worker and config."""
-    started = time.perf_counter()
-    key = (run_fingerprint, len(seeds))
-    if key not in _EVALUATION_ENVS:
-        for old in [old for old in _EVALUATION_ENVS if old[0] != run_fingerprint]:
-            _EVALUATION_ENVS.pop(old).close()
-        _EVALUATION_ENVS[key] = envs.make_evaluation_env(config.env, len(seeds))
-    returns, _ = envs.evaluate(policy.act_independently, config.env, len(seeds), seeds, _EVALUATION_ENVS[key])
-    return {"returns": returns, "seconds": time.perf_counter() - started}
+    return _Loop(run, algorithm, engine, started, observers).train()
 
 
 def evaluation_seeds(run_seed: int, iteration: int, episodes: int, stream: Stream = Stream.EVALUATION) -> list[int]:
     """The env seed of each evaluation episode of an iteration: a pure function of (run seed, iteration, episode)."""
     return [derive_seed(run_seed, iteration, episode, stream) % 2**31 for episode in range(episodes)]
-
-
-_frozen_for_run: str | None = None
-
-
-def _freeze_long_lived_objects(run_fingerprint: str) -> None:
-    """After a Python worker's first task of a config: hide what that task imported and cached (torch, gymnasium,
-    envs, modules; ~180k objects) from the cyclic garbage collector.
-
-    PySpark's daemon runs a full ``gc.collect()`` after every task of a reused worker, and over torch's objects
-    that takes ~90 ms, during which the worker cannot start the next job's task.  Frozen objects are still
-    freed when their reference counts drop.  A worker that moves on to another config unfreezes first, so that
-    the cycles among the previous config's cached envs are collected.
-    """
-    global _frozen_for_run
-    if _frozen_for_run == run_fingerprint:
-        return
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
-    _frozen_for_run = run_fingerprint
-
-
-def _limit_threads() -> None:
-    """Give torch the task's CPUs (spark.task.cpus), not every core of the machine."""
-    import torch
-    from pyspark import TaskContext
-
-    context = TaskContext.get()
-    cpus = context.cpus() if context is not None else 1
-    if torch.get_num_threads() != cpus:
-        torch.set_num_threads(cpus)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,14 +117,15 @@ class RunObserver(Protocol):
 class _Loop:
     """The driver's iteration loop over one run."""
 
-    def __init__(self, run: Run, algorithm: Algorithm, spark_context: Any, started: float, observers: list[RunObserver]) -> None:
+    def __init__(self, run: Run, algorithm: Algorithm, engine: Engine, started: float, observers: list[RunObserver]) -> None:
         self.observers = observers
         self.run = run
         self.config = run.config
         self.algorithm = algorithm
-        self.spark_context = spark_context
+        self.engine = engine
         self.started = started
         self.fingerprint = self.config.fingerprint()
+        self.work = Work(algorithm, self.config, self.fingerprint)
 
     def train(self) -> TrainResult:
         run, config = self.run, self.config
@@ -281,7 +152,7 @@ class _Loop:
             state = state if solved else updated
             progress = Progress(iteration, env_steps, solved_streak, solved or env_steps >= config.train.total_env_steps, best)
             metrics["iteration_s"] = time.perf_counter() - iteration_started
-            metrics["driver_s"] = metrics["iteration_s"] - metrics["broadcast_s"] - metrics["tasks_s"]
+            metrics["driver_s"] = metrics["iteration_s"] - metrics["ship_s"] - metrics["tasks_s"]
             metrics["steps_per_s"] = metrics["env_steps"] / metrics["iteration_s"]
             metrics["env_steps"] = env_steps
             metrics["wall_s"] = time.perf_counter() - self.started
@@ -342,29 +213,16 @@ class _Loop:
         return state, progress
 
     def _iteration(self, state: dict[str, np.ndarray], iteration: int, evaluating: bool) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        config, spark_context = self.config, self.spark_context
-        timer = time.perf_counter()
+        config = self.config
         episodes = config.train.eval_episodes if evaluating else 0
-        shipped = spark_context.broadcast(
-            {"payload": self.algorithm.task_payload(state, iteration), "evaluation_seeds": evaluation_seeds(config.seed, iteration, episodes)}
-        )
-        broadcast_seconds = time.perf_counter() - timer
-
+        shipped = {"payload": self.algorithm.task_payload(state, iteration), "evaluation_seeds": evaluation_seeds(config.seed, iteration, episodes)}
+        tasks = [(index, derive_seed(config.seed, iteration, index)) for index in range(config.spark.num_tasks)]
         timer = time.perf_counter()
-        num_tasks = config.spark.num_tasks
-        tasks = [(index, derive_seed(config.seed, iteration, index)) for index in range(num_tasks)]
-        algorithm, fingerprint = self.algorithm, self.fingerprint
         try:
-            partial = (
-                spark_context.parallelize(tasks, num_tasks)
-                .map(lambda task: _run_task(algorithm, shipped, task, config, fingerprint))
-                .treeReduce(merge, depth=config.spark.tree_depth)
-            )
+            partial, ship_seconds = self.engine.run(self.work, shipped, tasks)
         except Exception as error:
             raise TrainingError(f"iteration {iteration + 1}: a task failed after Spark's retries: {_root_cause(error)}") from error
-        finally:
-            shipped.destroy()  # the job is over: free the driver's temp file and the executors' copies
-        tasks_seconds = time.perf_counter() - timer
+        tasks_seconds = time.perf_counter() - timer - ship_seconds
 
         result = partial.finish()
         for index, reason in result.rejected.items():
@@ -384,7 +242,7 @@ class _Loop:
             "eval_env_steps": math.nan,
             **algorithm_metrics,
             "rejected_tasks": len(result.rejected),
-            "broadcast_s": broadcast_seconds,
+            "ship_s": ship_seconds,
             "tasks_s": tasks_seconds,
             "merge_s": partial.merge_seconds,
             "eval_s": max((share["seconds"] for share in result.evaluations), default=0.0),

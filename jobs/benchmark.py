@@ -506,7 +506,7 @@ def throughput(bench: Bench) -> dict[str, Any]:
 
 
 def _slim(iterations: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    keys = ("iteration", "env_steps", "iteration_s", "broadcast_s", "tasks_s", "merge_s", "driver_s", "rollout_s", "update_s",
+    keys = ("iteration", "env_steps", "iteration_s", "ship_s", "tasks_s", "merge_s", "driver_s", "rollout_s", "update_s",
             "steps_per_s", "apply_s", "eval_s", "tasks", "eval_return_mean")
     return [{key: r.get(key) for key in keys} for r in iterations]
 
@@ -526,7 +526,7 @@ def breakdown_of(iterations: list[dict[str, Any]], algo: str) -> dict[str, float
     for r in iterations[1:]:
         slowest = max(r["tasks"], key=lambda task: task["rollout_s"] + task["update_s"])
         totals["iteration"] += r["iteration_s"]
-        totals["broadcast"] += r["broadcast_s"]
+        totals["broadcast"] += r["ship_s"]
         totals["rollout"] += slowest["rollout_s"]
         totals["merge"] += r["merge_s"]
         totals["scheduling"] += r["tasks_s"] - slowest["rollout_s"] - slowest["update_s"] - r["eval_s"] - r["merge_s"]
@@ -1385,7 +1385,7 @@ def large_model(bench: Bench) -> dict[str, Any]:
             row(case, "iteration, median", median(total), "s"),
             row(case, f"tasks' own rollout + update over {cores} cores, median", median(own), "s"),
             row(case, "time beyond the tasks' own work", median(beyond), "%", "<= 10%", median(beyond) <= 10),
-            row(case, "broadcast / merge, median", f"{median([r['broadcast_s'] for r in measured]):.2f} / {median([r['merge_s'] for r in measured]):.2f}", "s"),
+            row(case, "ship / merge, median", f"{median([r['ship_s'] for r in measured]):.2f} / {median([r['merge_s'] for r in measured]):.2f}", "s"),
         ]
     return {"rows": rows, "data": data}
 

@@ -244,43 +244,28 @@ def test_driver_killed_mid_run_resumes_on_another_master_with_the_same_bytes(spa
     assert ddrl.load_policy(run_dir).act(np.zeros(4, dtype=np.float32)) in (0, 1)
 
 
-# ---- Spark Connect: no RDD API -----------------------------------------------------------------------------
+# ---- not a SparkSession ----------------------------------------------------------------------------------
 
 
-class _ConnectLikeSession:
-    """Stands in for a Spark Connect session: touching ``sparkContext`` raises what PySpark raises there."""
-
-    def __init__(self, error: Exception) -> None:
-        self._error = error
+class _NoSparkContext:
+    """Neither a classic session nor a Spark Connect one: touching ``sparkContext`` raises, as on Connect."""
 
     def __getattr__(self, name):
-        if name == "sparkContext":
-            raise self._error
-        raise AttributeError(name)
+        from pyspark.errors import PySparkAttributeError
+
+        raise PySparkAttributeError(errorClass="JVM_ATTRIBUTE_NOT_SUPPORTED", messageParameters={"attr_name": name})
 
 
-def _connect_errors():
-    from pyspark.errors import PySparkAttributeError, PySparkNotImplementedError
-
-    return {
-        # pyspark 4.x's connect session (__getattr__ of sparkContext, _jsc, _jvm ...)
-        "attribute-error": PySparkAttributeError(errorClass="JVM_ATTRIBUTE_NOT_SUPPORTED", messageParameters={"attr_name": "sparkContext"}),
-        # older connect clients
-        "not-implemented": PySparkNotImplementedError(errorClass="NOT_IMPLEMENTED", messageParameters={"feature": "sparkContext()"}),
-    }
-
-
-@pytest.mark.parametrize("kind", ["attribute-error", "not-implemented"])
-def test_a_session_without_spark_context_is_a_config_error_before_anything_is_written(tmp_path, kind):
-    session = _ConnectLikeSession(_connect_errors()[kind])
-    with pytest.raises(ddrl.ConfigError, match=r"^spark: .*Spark Connect.*use classic or single-user compute"):
+@pytest.mark.parametrize("session", [_NoSparkContext(), "local[2]"], ids=["no-spark-context", "a-master-string"])
+def test_something_that_is_no_spark_session_is_a_config_error_before_anything_is_written(tmp_path, session):
+    with pytest.raises(ddrl.ConfigError, match=r"^spark: .* is neither a classic SparkSession .* nor a Spark Connect session"):
         ddrl.train(session, small_ppo_config(tmp_path), run_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
 # ---- security: nothing is unpickled, YAML is safe, only the named env module is imported -------------------
 
-_SOURCES = sorted([*(ROOT / "ddrl").glob("*.py"), *(ROOT / "jobs").glob("*.py")])
+_SOURCES = sorted([*(ROOT / "ddrl").rglob("*.py"), *(ROOT / "jobs").glob("*.py")])
 
 
 def _calls(path: Path):

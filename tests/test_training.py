@@ -14,7 +14,7 @@ import ddrl
 from ddrl import checkpoint, envs, ppo
 from ddrl import config as config_module
 from ddrl.merge import Partial
-from ddrl.trainer import driver_fan_in
+from ddrl.engines import driver_fan_in
 
 
 def final_params(run_dir) -> np.ndarray:
@@ -30,7 +30,7 @@ def test_short_run_writes_config_metrics_checkpoints_and_policy(spark, tmp_path)
     metrics = pq.read_table(tmp_path / "run" / "metrics").to_pylist()
     assert [row["iteration"] for row in sorted(metrics, key=lambda row: row["iteration"])] == [1, 2, 3]
     for column in ("env_steps", "wall_s", "episode_return_mean", "episodes", "pg_loss", "v_loss", "approx_kl",
-                   "drift", "steps_per_s", "broadcast_s", "tasks_s", "merge_s", "driver_s", "eval_return_mean"):
+                   "drift", "steps_per_s", "ship_s", "tasks_s", "merge_s", "driver_s", "eval_return_mean"):
         assert column in metrics[0], column
     assert result.metrics.num_rows == 3
     sidecars = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("ckpt-*.json"))
@@ -169,11 +169,11 @@ def test_shipping_the_package_leaves_no_directory_in_the_temp_folder(spark, tmp_
 
     from pyspark import SparkFiles
 
-    from ddrl import trainer
+    from ddrl.engines import classic
 
     before = set(Path(tempfile.gettempdir()).glob("ddrl-package-*"))
-    trainer._SHIPPED.discard(spark.sparkContext.applicationId)  # as if this session had not shipped it yet
-    trainer._ship_package(spark.sparkContext)
+    classic._SHIPPED.discard(spark.sparkContext.applicationId)  # as if this session had not shipped it yet
+    classic.ClassicEngine(spark)._ship_package()
     assert set(Path(tempfile.gettempdir()).glob("ddrl-package-*")) == before
     assert (Path(SparkFiles.getRootDirectory()) / "ddrl-package" / "ddrl.zip").exists()  # removed with the session
     ddrl.train(spark, small_ppo_config(tmp_path), run_dir=tmp_path / "run", observers=[])  # executors still import it

@@ -1,0 +1,74 @@
+"""The classic engine: a SparkSession with a SparkContext (spark-submit, single-user compute, local mode).
+
+Per iteration: broadcast what every task needs, ``parallelize`` one element per task, and merge the results
+with ``RDD.treeReduce`` (exact, so arrival order does not matter); destroy the broadcast once its job is over.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from ddrl.algorithm import Algorithm
+from ddrl.config import Config, ConfigError
+from ddrl.engines import DRIVER_HEAP_SHARE, check_result_size, package_archive
+from ddrl.engines.work import Work
+from ddrl.merge import Partial, merge
+
+_SHIPPED: set[str] = set()
+"""Applications this process has already shipped the ddrl package to."""
+
+
+class ClassicEngine:
+    """Broadcast, ``parallelize`` and ``treeReduce`` on the session's SparkContext."""
+
+    kind = "classic"
+
+    def __init__(self, spark: Any) -> None:
+        try:
+            self.spark_context = spark.sparkContext
+        except Exception as error:
+            raise ConfigError(
+                f"spark: {type(spark).__module__}.{type(spark).__name__} is neither a classic SparkSession (it has no "
+                "SparkContext) nor a Spark Connect session: pass the session pyspark or Databricks Connect gave you"
+            ) from error
+
+    def prepare(self, config: Config, algorithm: Algorithm) -> None:
+        self._ship_package()
+        jvm = self.spark_context._jvm
+        heap = int(jvm.java.lang.Runtime.getRuntime().maxMemory())
+        max_result_size = int(jvm.org.apache.spark.network.util.JavaUtils.byteStringAsBytes(
+            self.spark_context.getConf().get("spark.driver.maxResultSize", "1g")))
+        limits = {
+            "spark.driver.maxResultSize": max_result_size or math.inf,  # 0 means unlimited
+            f"{DRIVER_HEAP_SHARE:.0%} of the driver's heap": heap * DRIVER_HEAP_SHARE,
+        }
+        check_result_size(config, algorithm, limits, "a deeper spark.tree_depth, or more spark.driver.memory")
+
+    def _ship_package(self) -> None:
+        """``addPyFile`` the ddrl package unless executors can import it.  The zip lives in Spark's own session
+        directory: the file server reads it whenever an executor fetches it, and Spark deletes it at stop."""
+        if self.spark_context.applicationId in _SHIPPED:
+            return
+        from pyspark import SparkFiles
+
+        archive = package_archive(Path(SparkFiles.getRootDirectory()) / "ddrl-package")
+        if archive is not None:
+            self.spark_context.addPyFile(str(archive))
+        _SHIPPED.add(self.spark_context.applicationId)
+
+    def run(self, work: Work, shipped: Mapping[str, Any], tasks: list[tuple[int, int]]) -> tuple[Partial, float]:
+        timer = time.perf_counter()
+        broadcast = self.spark_context.broadcast(dict(shipped))
+        ship_seconds = time.perf_counter() - timer
+        try:
+            partial = (
+                self.spark_context.parallelize(tasks, len(tasks))
+                .map(lambda task: work.run(broadcast.value, task))
+                .treeReduce(merge, depth=work.config.spark.tree_depth)
+            )
+        finally:
+            broadcast.destroy()  # the job is over: free the driver's temp file and the executors' copies
+        return partial, ship_seconds
