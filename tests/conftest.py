@@ -71,6 +71,39 @@ def small_ppo_config(tmp_path: Path, **sections) -> dict:
     return with_sections(config, **sections)
 
 
+def flaky_config(tmp_path: Path, **env_kwargs) -> dict:
+    """``small_ppo_config`` on ``faulty_envs.FlakyCartPole`` (tasks that raise on their first attempt)."""
+    env = {"id": "faulty_envs:FlakyCartPole", "num_envs": 4, "max_episode_steps": 500, "kwargs": env_kwargs}
+    return small_ppo_config(tmp_path, env=env)
+
+
+def nan_config(tmp_path: Path, partitions: list[int]) -> dict:
+    """``small_ppo_config`` on ``faulty_envs.NaNRewardCartPole`` (NaN rewards in the tasks of ``partitions``)."""
+    env = {"id": "faulty_envs:NaNRewardCartPole", "num_envs": 4, "max_episode_steps": 500, "kwargs": {"nan_partitions": partitions}}
+    return small_ppo_config(tmp_path, env=env)
+
+
+def fresh_venv(path: Path, with_pip: bool = False) -> Path:
+    """A new venv at ``path`` that sees this venv's packages (torch alone is 700 MB) through a .pth line, but not
+    ddrl: .pth files of the packages' folder (ddrl's editable install) are not processed through such a line.
+    Returns its Python."""
+    import subprocess
+    import sysconfig
+
+    subprocess.run([sys.executable, "-m", "venv", *([] if with_pip else ["--without-pip"]), str(path)], check=True,
+                   env=environment_without_this_checkout())
+    python = path / "bin" / "python"
+    site_packages = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                   check=True, capture_output=True, text=True).stdout.strip()
+    (Path(site_packages) / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python
+
+
+def environment_without_this_checkout() -> dict[str, str]:
+    """This process's environment variables without PYTHONPATH (which holds this checkout under the test command)."""
+    return {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+
+
 def with_sections(config: dict, **sections) -> dict:
     """``config`` with each named section updated (dict values) or replaced (anything else)."""
     for section, values in sections.items():

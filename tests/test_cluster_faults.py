@@ -1,8 +1,6 @@
-"""Sessions other than the test session's local[2,2], each in its own process (one SparkContext per process):
-
-* local-cluster[2,1,1024], with real executor JVMs: an executor is SIGKILLed mid-iteration and the run still
-  ends with the fault-free run's parameters (slow: about a minute and a half here, opt-in);
-* a real Spark Connect session (no RDD API): ``ddrl.train`` says classic or single-user compute is needed.
+"""local-cluster[2,1,1024], with real executor JVMs, in its own process (one SparkContext per process): an
+executor is SIGKILLed mid-iteration and the run still ends with the fault-free run's parameters (slow: about a
+minute and a half here, opt-in).  Spark Connect sessions are in test_connect.py.
 """
 
 from __future__ import annotations
@@ -101,28 +99,3 @@ def test_executor_killer_kills_nothing_in_local_mode(spark, tmp_path):
     marker = tmp_path / "executor-killed"
     ddrl.train(spark, _killer_config(tmp_path, marker, [1]), run_dir=tmp_path / "run", observers=[])
     assert marker.read_text().startswith("no executor JVM above pid ")
-
-
-def test_spark_connect_session_is_refused_with_a_config_error(tmp_path):
-    for module in ("grpc", "grpc_status", "google.rpc", "zstandard", "pandas"):
-        pytest.importorskip(module, reason="Spark Connect needs pyspark[connect]")
-    config = small_ppo_config(tmp_path)
-    report = _run_script(tmp_path, f"""
-        import json
-        from pyspark.sql import SparkSession
-        import ddrl
-
-        spark = SparkSession.builder.remote("local[1]").getOrCreate()
-        kind = type(spark).__module__
-        try:
-            ddrl.train(spark, {config!r}, run_dir={str(tmp_path / "run")!r}, observers=[])
-            outcome = "trained"
-        except ddrl.ConfigError as error:
-            outcome = str(error)
-        spark.stop()
-        print(json.dumps({{"session": kind, "outcome": outcome}}))
-    """, timeout=300)
-
-    assert report["session"] == "pyspark.sql.connect.session", report
-    assert report["outcome"].startswith("spark: ") and "classic or single-user compute" in report["outcome"], report
-    assert not (tmp_path / "run").exists()

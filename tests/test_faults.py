@@ -2,8 +2,8 @@
 
 Already covered in test_training.py (not repeated here): a task raising on its first attempt, NaN results,
 every result rejected, a task failing beyond its retries, resume after deleting later checkpoints, resume
-refusing another config.  The multi-process cluster (executor loss) and a real Spark Connect session are in
-test_cluster_faults.py; the command line's bad inputs in test_cli.py.
+refusing another config.  The multi-process cluster (executor loss) is in
+test_cluster_faults.py, Spark Connect sessions in test_connect.py, the command line's bad inputs in test_cli.py.
 """
 
 from __future__ import annotations

@@ -8,13 +8,13 @@ import shutil
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import small_ppo_config
+from conftest import flaky_config, nan_config, small_ppo_config
 
 import ddrl
 from ddrl import checkpoint, envs, ppo
 from ddrl import config as config_module
-from ddrl.merge import Partial
 from ddrl.engines import driver_fan_in
+from ddrl.merge import Partial
 
 
 def final_params(run_dir) -> np.ndarray:
@@ -71,11 +71,6 @@ def test_same_seed_gives_bit_identical_parameters_across_runs_and_tree_depths(sp
     assert not np.array_equal(final_params(tmp_path / "other"), final_params(tmp_path / "first"))
 
 
-def flaky_config(tmp_path, **env_kwargs):
-    env = {"id": "faulty_envs:FlakyCartPole", "num_envs": 4, "max_episode_steps": 500, "kwargs": env_kwargs}
-    return small_ppo_config(tmp_path, env=env)
-
-
 def test_a_task_retried_after_failing_returns_the_same_bytes(spark, tmp_path):
     ddrl.train(spark, flaky_config(tmp_path), run_dir=tmp_path / "clean")
     ddrl.train(spark, flaky_config(tmp_path, fail_partitions=[1]), run_dir=tmp_path / "retried")
@@ -108,12 +103,6 @@ def test_resume_refuses_a_run_directory_of_another_config(spark, tmp_path):
     ddrl.train(spark, small_ppo_config(tmp_path), run_dir=tmp_path / "run")
     with pytest.raises(ddrl.ConfigError, match="belongs to a different config"):
         ddrl.train(spark, small_ppo_config(tmp_path, seed=99), resume=tmp_path / "run")
-
-
-def nan_config(tmp_path, partitions):
-    env = {"id": "faulty_envs:NaNRewardCartPole", "num_envs": 4, "max_episode_steps": 500,
-           "kwargs": {"nan_partitions": partitions}}
-    return small_ppo_config(tmp_path, env=env, ppo={"num_steps": 64, "update_epochs": 2, "num_minibatches": 2})
 
 
 def test_a_task_result_with_nan_is_rejected_and_the_iteration_goes_on(spark, tmp_path):
