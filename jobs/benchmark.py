@@ -16,7 +16,9 @@ Parts (``--only`` takes one or more, comma-separated or repeated; default all, i
 * ``rounds``      CartPole-v1 env steps and training time to the first 20-episode evaluation >= 475 against local
                   rounds, task count and Adam's moments, several seeds each (#10);
 * ``large_model`` a 2.1M-parameter PPO (HalfCheetah-v5, 1024x1024, 8 tasks): iteration time against the tasks'
-                  own work, in the 8-byte format and with Adam's moments averaged (56 bytes a parameter) (#10).
+                  own work, in the 8-byte format and with Adam's moments averaged (56 bytes a parameter) (#10);
+* ``connect``     per-iteration time on a Spark Connect session against a classic one, same config and cores, for
+                  CartPole PPO and a 1M-parameter PPO (#11).
 
 The in-process parts (throughput, breakdown, cost_model) share one Spark session, stopped before the parts that
 start their own processes, so that at most one Spark session runs at a time.  ``--quick`` shrinks every part to
@@ -54,7 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-PARTS = ("throughput", "breakdown", "cost_model", "rounds", "large_model", "scaling", "vs_sb3", "halfcheetah")
+PARTS = ("throughput", "breakdown", "cost_model", "rounds", "large_model", "scaling", "vs_sb3", "halfcheetah", "connect")
 """In running order: the in-process parts first (one Spark session), then those that start their own."""
 IN_PROCESS = ("throughput", "breakdown", "cost_model", "rounds", "large_model")
 CARTPOLE_TARGET = 475.0
@@ -112,6 +114,9 @@ class Sizes:
     large_model_iterations: int = 3  # the first (workers start, evaluation) is not measured
     large_model_hidden: int = 1024
     large_model_steps: int | None = None  # None: the config's 1024 steps per task
+    connect_iterations: tuple[int, int] = (21, 5)  # CartPole, 1M-parameter PPO; the first of each is not measured
+    connect_repeats: int = 2  # interleaved: classic, Connect, classic, Connect
+    connect_hidden: int = 700  # 2 x 700 hidden units: 1.01M parameters on HalfCheetah-v5
 
     @staticmethod
     def quick() -> "Sizes":
@@ -140,6 +145,9 @@ class Sizes:
             large_model_iterations=2,
             large_model_hidden=64,
             large_model_steps=64,
+            connect_iterations=(3, 2),
+            connect_repeats=1,
+            connect_hidden=64,
         )
 
 
@@ -978,7 +986,7 @@ def model_rows(model: dict[str, Any]) -> list[dict[str, Any]]:
 
 def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     """This process's environment without what spark-submit set for it (its gateway, its start time)."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_", "SPARK_")) and k not in ("PYTHONPATH", "DDRL_MASTER", "DDRL_STARTED_AT")}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_", "SPARK_")) and k not in ("PYTHONPATH", "MASTER", "DDRL_MASTER", "DDRL_STARTED_AT")}
     environ.update(extra or {})
     return environ
 
@@ -1390,6 +1398,57 @@ def large_model(bench: Bench) -> dict[str, Any]:
     return {"rows": rows, "data": data}
 
 
+# ---- part 9: Spark Connect against classic -------------------------------------------------------------------
+
+
+def connect(bench: Bench) -> dict[str, Any]:
+    """The same config on a classic local[2] session and on a Spark Connect server started inside the process
+    (``jobs/train.py --remote local[2]``), whole processes in turn; the first iteration (Python workers start) is
+    not measured.  Both sides run jobs/train.py with plain Python and Spark's defaults."""
+    sizes, data, rows = bench.sizes, {}, []
+    hidden = sizes.connect_hidden
+    cases = {
+        "CartPole PPO (shipped config)": ("conf/cartpole_ppo.yaml", [], sizes.connect_iterations[0]),
+        f"PPO 2x{hidden} (HalfCheetah-v5)": ("conf/halfcheetah_ppo.yaml", [f"ppo.hidden_sizes=[{hidden},{hidden}]"], sizes.connect_iterations[1]),
+    }
+    from ddrl import config as config_module
+    from ddrl import envs, ppo
+
+    for case, (path, overrides, iterations) in cases.items():
+        config = config_module.load(ROOT / path, overrides)
+        overrides = [*overrides, "train.stop_at_target=false", f"train.total_env_steps={iteration_steps(config) * iterations}"]
+        parameters = sum(ppo.PPO(config, envs.describe(config.env)).tensor_sizes)
+        runs: dict[str, list[dict[str, Any]]] = {"classic": [], "connect": []}
+        for repeat in range(sizes.connect_repeats):
+            for kind in runs:
+                label = f"connect-{path.split('/')[-1].removesuffix('.yaml')}-{kind}-{repeat}"
+                run_dir = bench.work / "runs" / label
+                command = [sys.executable, str(ROOT / "jobs" / "train.py"), "--config", path, "--run-dir", str(run_dir)]
+                command += [item for override in overrides for item in ("--set", override)]
+                command += ["--remote", "local[2]"] if kind == "connect" else []
+                result = run_process(command, bench.work / "logs" / f"{label}.log", sizes.subprocess_timeout,
+                                     {"PYSPARK_PYTHON": sys.executable, "DDRL_MASTER": "local[2]"})
+                measured = read_run_metrics(run_dir)[1:]
+                if result["returncode"] != 0 or not measured:
+                    raise RuntimeError(f"{label}: exit {result['returncode']}, {len(measured)} measured iterations; see {result['log']}")
+                runs[kind].append({key: median([r[key] for r in measured]) for key in ("iteration_s", "ship_s", "tasks_s", "merge_s", "driver_s")}
+                                  | {"wall_s": parse_train_output(result["output"]).get("wall_s", math.nan), "log": result["log"]})
+        data[case] = {"parameters": parameters, "iterations_measured": iterations - 1, "runs": runs}
+        classic_s, connect_s = (median([r["iteration_s"] for r in runs[kind]]) for kind in ("classic", "connect"))
+        case = f"{case}, {parameters / 1e6:.2f}M params"
+        rows += [
+            row(case, "iteration, classic (median)", classic_s, "s"),
+            row(case, "iteration, Spark Connect (median)", connect_s, "s"),
+            row(case, "Connect's extra time per iteration", connect_s - classic_s, "s", f"Connect / classic = {connect_s / classic_s:.2f}"),
+            *(row(case, f"{key} classic / Connect (median)",
+                  f"{median([r[key] for r in runs['classic']]):.3f} / {median([r[key] for r in runs['connect']]):.3f}", "s")
+              for key in ("ship_s", "tasks_s", "driver_s")),
+            row(case, "whole process classic / Connect (median)",
+                f"{median([r['wall_s'] for r in runs['classic']]):.1f} / {median([r['wall_s'] for r in runs['connect']]):.1f}", "s"),
+        ]
+    return {"rows": rows, "data": data}
+
+
 # ---- main ----------------------------------------------------------------------------------------------------
 
 RUNNERS: dict[str, Callable[[Bench], dict[str, Any]]] = {
@@ -1401,6 +1460,7 @@ RUNNERS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "halfcheetah": halfcheetah,
     "rounds": rounds,
     "large_model": large_model,
+    "connect": connect,
 }
 
 

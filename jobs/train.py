@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 
 import ddrl
 from ddrl.run import Run
@@ -24,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. ppo.learning_rate=0.001")
     parser.add_argument("--run-dir", help="run directory (default: output.root/<name>-<timestamp>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    parser.add_argument("--remote", metavar="URL", help="train on a Spark Connect server (sc://HOST:PORT), or on one this "
+                        "process starts (local[N]); default: a classic session")
     parser.add_argument("--verbose", action="store_true", help="show Spark's own log lines")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
@@ -35,14 +38,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ddrl: {error}", file=sys.stderr)
         return 2
 
-    spark = build_spark_session(run.config.name, args.verbose)
+    if args.remote and "PYSPARK_GATEWAY_PORT" in os.environ:
+        print("ddrl: --remote: run jobs/train.py with the venv's Python (.venv/bin/python jobs/train.py --remote ...), "
+              "not through spark-submit, which starts a classic driver", file=sys.stderr)
+        return 2
+    spark = build_connect_session(args.remote, args.verbose) if args.remote else build_spark_session(run.config.name, args.verbose)
     try:
         result = ddrl.train(spark, run)
     except ddrl.TrainingError as error:
         print(f"ddrl: training stopped: {error}. The last checkpoint in {run.directory} is valid: "
               f"continue with --resume {run.directory}", file=sys.stderr)
         return 1
-    except ddrl.ConfigError as error:  # what only a started session can tell (e.g. no RDD API)
+    except ddrl.ConfigError as error:  # what only a started session can tell (e.g. a model too large for it)
         print(f"ddrl: {error}", file=sys.stderr)
         return 2
     finally:
@@ -69,6 +76,23 @@ def build_spark_session(name: str, verbose: bool):
         conf.setMaster(os.environ.get("DDRL_MASTER", "local[*]"))
     spark = SparkSession.builder.appName(f"ddrl-{name}").config(conf=conf).getOrCreate()
     spark.sparkContext.setLogLevel("INFO" if verbose else "ERROR")
+    return spark
+
+
+def build_connect_session(url: str, verbose: bool):
+    """A Spark Connect session: a server's ``sc://`` URL, or ``local[N]`` for a server inside this process."""
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.remote(url)
+    if not url.startswith("local"):
+        return builder.getOrCreate()
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the in-process server's Python workers
+    with warnings.catch_warnings():  # the client also tries, and fails, to set the server's static settings
+        warnings.simplefilter("ignore", UserWarning)
+        spark = builder.config("spark.ui.showConsoleProgress", str(verbose).lower()).getOrCreate()
+    from pyspark import SparkContext
+
+    SparkContext._active_spark_context.setLogLevel("INFO" if verbose else "ERROR")  # the server's own context
     return spark
 
 
