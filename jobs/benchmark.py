@@ -1398,7 +1398,7 @@ def large_model(bench: Bench) -> dict[str, Any]:
     return {"rows": rows, "data": data}
 
 
-# ---- part 9: Spark Connect against classic -------------------------------------------------------------------
+# ---- part 8: Spark Connect against classic -------------------------------------------------------------------
 
 
 def connect(bench: Bench) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +150,25 @@ def test_results_over_the_sessions_max_result_size_are_refused_before_anything_i
     assert scenarios["result_size"]["outcome"] == "ConfigError", scenarios["result_size"]
     assert "would collect 2056 MiB per iteration, over spark.driver.maxResultSize (1024 MiB)" in scenarios["result_size"]["message"], scenarios["result_size"]
     assert not (tmp / "connect-result-size").exists()
+
+
+def test_the_train_job_runs_on_a_connect_server_with_remote(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps(small_ppo_config(tmp_path)))  # JSON is YAML
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "train.py"), "--remote", "local[2]", "--config", str(config), "--run-dir", str(tmp_path / "run")],
+        cwd=tmp_path, env=environment_without_this_checkout(), capture_output=True, text=True, timeout=600, start_new_session=True,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert f"env steps: {3 * 2 * 4 * 64} in 3 iterations" in completed.stdout
+    assert checkpoint.load_latest(tmp_path / "run" / "checkpoints") is not None
+
+
+def test_remote_under_spark_submit_is_refused_with_one_line(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "train.py"), "--remote", "local[2]", "--config", str(ROOT / "conf" / "cartpole_ppo.yaml"),
+         "--run-dir", str(tmp_path / "run")],
+        env={**environment_without_this_checkout(), "PYSPARK_GATEWAY_PORT": "1"}, capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode == 2 and completed.stderr.startswith("ddrl: --remote: run jobs/train.py with the venv's Python")
+    assert not (tmp_path / "run").exists()

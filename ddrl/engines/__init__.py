@@ -25,16 +25,14 @@ from ddrl.merge import Partial
 class Engine(Protocol):
     """Runs an iteration's tasks with a payload and gives back their merged result."""
 
-    kind: str
-    """"classic" or "connect"."""
-
     def prepare(self, config: Config, algorithm: Algorithm) -> None:
         """Before the first job: make ddrl importable on executors, and refuse (``ConfigError``) a run whose
         payload or results this session cannot carry."""
 
     def run(self, work: Work, shipped: Mapping[str, Any], tasks: list[tuple[int, int]]) -> tuple[Partial, float]:
         """Run ``work`` for every (task index, seed) in ``tasks`` with ``shipped`` (the same for every task) and
-        return their exact merge and the seconds the driver spent shipping ``shipped``."""
+        return their exact merge, and the seconds the driver spent getting ``shipped`` on its way (the broadcast
+        on classic, building the job's plan on Connect)."""
 
 
 def engine_for(spark: Any) -> Engine:

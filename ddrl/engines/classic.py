@@ -24,8 +24,6 @@ _SHIPPED: set[str] = set()
 class ClassicEngine:
     """Broadcast, ``parallelize`` and ``treeReduce`` on the session's SparkContext."""
 
-    kind = "classic"
-
     def __init__(self, spark: Any) -> None:
         try:
             self.spark_context = spark.sparkContext

@@ -42,8 +42,6 @@ _SHIPPED: set[str] = set()
 class ConnectEngine:
     """``mapInArrow`` over one row per task, an optional grouped merge, ``toArrow`` back to the client."""
 
-    kind = "connect"
-
     def __init__(self, spark: Any) -> None:
         self.spark = spark
 
