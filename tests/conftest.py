@@ -71,6 +71,21 @@ def small_ppo_config(tmp_path: Path, **sections) -> dict:
     return with_sections(config, **sections)
 
 
+def small_es_config(tmp_path: Path, **sections) -> dict:
+    """A CartPole OpenAI-ES config; ``sections`` update (dicts) or replace the named sections."""
+    config = {
+        "name": "test-es",
+        "seed": 3,
+        "algo": "es",
+        "env": {"id": "CartPole-v1", "num_envs": 16},
+        "spark": {"num_tasks": 2, "tree_depth": 2},
+        "train": {"total_env_steps": 300_000, "target_return": 500.0, "eval_every": 1, "eval_episodes": 10, "final_eval_episodes": 20},
+        "output": {"root": str(tmp_path), "checkpoint_every": 5},
+        "es": {"variant": "openai", "num_directions": 32, "sigma": 0.1, "learning_rate": 0.05},
+    }
+    return with_sections(config, **sections)
+
+
 def flaky_config(tmp_path: Path, **env_kwargs) -> dict:
     """``small_ppo_config`` on ``faulty_envs.FlakyCartPole`` (tasks that raise on their first attempt)."""
     env = {"id": "faulty_envs:FlakyCartPole", "num_envs": 4, "max_episode_steps": 500, "kwargs": env_kwargs}

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, environment_without_this_checkout, flaky_config, fresh_venv, nan_config, small_ppo_config
+from conftest import ROOT, environment_without_this_checkout, flaky_config, fresh_venv, nan_config, small_es_config, small_ppo_config
 
 import ddrl
 from ddrl import checkpoint
@@ -44,9 +44,11 @@ def sessions(spark, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("connect")
     short = small_ppo_config(tmp)
     grouped = small_ppo_config(tmp, spark={"num_tasks": 8, "tree_depth": 2}, train={"total_env_steps": 2 * 8 * 4 * 64})
+    evolution = small_es_config(tmp, spark={"num_tasks": 3, "tree_depth": 1}, train={"total_env_steps": 20_000})
     classic = {
         "short": (short, tmp / "classic-short"),
         "grouped": (grouped, tmp / "classic-grouped"),
+        "es": (evolution, tmp / "classic-es"),
         "flaky": (flaky_config(tmp), tmp / "classic-flaky"),
         "nan": (nan_config(tmp, [1]), tmp / "classic-nan"),
     }
@@ -61,6 +63,7 @@ def sessions(spark, tmp_path_factory):
         {"name": "cartpole", "config": str(ROOT / "conf" / "cartpole_ppo.yaml"), "run_dir": str(tmp / "connect-cartpole")},
         {"name": "short", "config": short, "run_dir": str(tmp / "connect-short")},
         {"name": "grouped", "config": grouped, "run_dir": str(tmp / "connect-grouped")},
+        {"name": "es", "config": evolution, "run_dir": str(tmp / "connect-es")},
         {"name": "flaky", "config": flaky_config(tmp, fail_partitions=[1]), "run_dir": str(tmp / "connect-flaky")},
         {"name": "nan", "config": nan_config(tmp, [1]), "run_dir": str(tmp / "connect-nan")},
         {"name": "resume", "config": short, "resume": str(tmp / "classic-then-connect")},
@@ -87,9 +90,9 @@ def test_cartpole_is_solved_on_a_spark_connect_session(sessions):
     assert scenarios["cartpole"]["solved"] and scenarios["cartpole"]["eval_return_mean"] >= 475, scenarios["cartpole"]
 
 
-@pytest.mark.parametrize("name", ["short", "grouped"])
+@pytest.mark.parametrize("name", ["short", "grouped", "es"])
 def test_connect_gives_the_classic_parameters_and_metrics(sessions, name):
-    """"grouped": 8 tasks at tree depth 2 merge in 2 groups on executors before the driver's merge."""
+    """PPO, PPO whose 8 tasks (tree depth 2) merge in 2 groups on executors before the driver, and OpenAI-ES."""
     tmp, scenarios, _ = sessions
     assert scenarios[name]["outcome"] == "trained", scenarios[name]
     assert np.array_equal(final_params(tmp / f"connect-{name}"), final_params(tmp / f"classic-{name}"))

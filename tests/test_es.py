@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import with_sections
+from conftest import small_es_config
 
 import ddrl
 from ddrl import checkpoint, envs, es, seeding
@@ -19,21 +19,6 @@ from ddrl.envs import EnvInfo
 from ddrl.policy import build_actor
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def small_es_config(tmp_path: Path, **sections) -> dict:
-    """A CartPole OpenAI-ES config; ``sections`` update (dicts) or replace the named sections."""
-    config = {
-        "name": "test-es",
-        "seed": 3,
-        "algo": "es",
-        "env": {"id": "CartPole-v1", "num_envs": 16},
-        "spark": {"num_tasks": 2, "tree_depth": 2},
-        "train": {"total_env_steps": 300_000, "target_return": 500.0, "eval_every": 1, "eval_episodes": 10, "final_eval_episodes": 20},
-        "output": {"root": str(tmp_path), "checkpoint_every": 5},
-        "es": {"variant": "openai", "num_directions": 32, "sigma": 0.1, "learning_rate": 0.05},
-    }
-    return with_sections(config, **sections)
 
 
 # ---- math ------------------------------------------------------------------------------------------------

@@ -13,7 +13,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from ddrl.merge import FixedPoint, MergedResult, Partial, TaskOutput, from_limbs, merge, to_limbs
+from ddrl.config import ConfigError
+from ddrl.engines import size_in_bytes
+from ddrl.merge import FixedPoint, MergedResult, Partial, TaskOutput, decode_partial, encode_partial, from_limbs, merge, to_limbs
 
 NUM_TASKS = 9
 SIZE = 257
@@ -462,3 +464,42 @@ def test_fixed_point_and_limbs_travel_together():
     merged = _fold(_partials(outputs)).finish()
     assert set(merged.means) == {"params", "stat", "params_change"}
     _assert_within_rounding_of_exact(outputs, merged, "params")
+
+
+# ---- results as data (Spark Connect's Arrow rows) -----------------------------------------------------------
+
+
+def test_an_encoded_partial_decodes_to_the_same_merge_bit_for_bit():
+    fixed_point = FixedPoint.for_sums(NUM_TASKS, 4096 * 1024.0)
+    outputs = _change_outputs(6, fixed_point)
+    outputs[3].weighted["params"][0] = np.nan  # a rejected task travels too, with its reason and its evaluation
+    partials = [Partial.of_task(index, output, {"returns": np.arange(index + 1.0), "seconds": 0.5})
+                for index, output in enumerate(outputs)]
+    halves = [decode_partial(encode_partial(_fold(partials[:4]))), decode_partial(encode_partial(_fold(partials[4:])))]
+
+    decoded, reference = _fold(halves).finish(), _fold(partials).finish()
+
+    _assert_bit_identical(decoded, reference)
+    assert decoded.rejected == {3: "non-finite values in 'params'"}
+    for task, expected in zip(decoded.tasks, reference.tasks):
+        assert task.keys() == expected.keys()
+        for name, value in expected.items():
+            assert type(task[name]) is type(value) and np.array_equal(task[name], value), name
+    assert [list(share["returns"]) for share in decoded.evaluations] == [list(np.arange(i + 1.0)) for i in range(NUM_TASKS)]
+
+
+def test_encoding_refuses_what_would_need_pickle():
+    partial = Partial.of_task(0, _output(np.random.default_rng(0), 0))
+    partial.records[0]["nested"] = {"a": 1}
+    with pytest.raises(TypeError, match=r"records/0/nested: only numbers, strings and their arrays travel as data"):
+        encode_partial(partial)
+
+
+@pytest.mark.parametrize("size, expected", [("1g", 2**30), ("512m", 512 * 2**20), ("0", 0), ("100", 100), ("4 GB", 4 * 2**30), ("2k", 2048)])
+def test_spark_size_strings(size, expected):
+    assert size_in_bytes(size) == expected
+
+
+def test_an_unreadable_spark_size_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"^spark: cannot read the size '1.5g'"):
+        size_in_bytes("1.5g")

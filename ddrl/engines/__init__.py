@@ -12,6 +12,7 @@ config and seed give bit-identical parameters on either kind of session.
 from __future__ import annotations
 
 import math
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Mapping, Protocol
@@ -83,3 +84,14 @@ def driver_fan_in(num_tasks: int, depth: int) -> int:
     while partitions > scale + partitions / scale:
         partitions /= scale
     return int(partitions)
+
+
+_BYTE_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30, "t": 2**40, "tb": 2**40, "p": 2**50, "pb": 2**50}
+
+
+def size_in_bytes(size: str) -> int:
+    """A Spark size string ("1g", "512m", "0") in bytes, as Spark reads it (binary units; no unit means bytes)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([a-z]*)\s*", size.lower())
+    if match is None or match.group(2) not in _BYTE_UNITS:
+        raise ConfigError(f"spark: cannot read the size {size!r} in this session's Spark settings")
+    return int(match.group(1)) * _BYTE_UNITS[match.group(2)]

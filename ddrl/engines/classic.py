@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from ddrl.algorithm import Algorithm
 from ddrl.config import Config, ConfigError
-from ddrl.engines import DRIVER_HEAP_SHARE, check_result_size, package_archive
+from ddrl.engines import DRIVER_HEAP_SHARE, check_result_size, package_archive, size_in_bytes
 from ddrl.engines.work import Work
 from ddrl.merge import Partial, merge
 
@@ -35,10 +35,9 @@ class ClassicEngine:
 
     def prepare(self, config: Config, algorithm: Algorithm) -> None:
         self._ship_package()
-        jvm = self.spark_context._jvm
-        heap = int(jvm.java.lang.Runtime.getRuntime().maxMemory())
-        max_result_size = int(jvm.org.apache.spark.network.util.JavaUtils.byteStringAsBytes(
-            self.spark_context.getConf().get("spark.driver.maxResultSize", "1g")))
+        # The heap the driver really has: spark.driver.memory may be unset (Databricks sizes the driver itself)
+        heap = int(self.spark_context._jvm.java.lang.Runtime.getRuntime().maxMemory())
+        max_result_size = size_in_bytes(self.spark_context.getConf().get("spark.driver.maxResultSize", "1g"))
         limits = {
             "spark.driver.maxResultSize": max_result_size or math.inf,  # 0 means unlimited
             f"{DRIVER_HEAP_SHARE:.0%} of the driver's heap": heap * DRIVER_HEAP_SHARE,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import pyarrow as pa
 
 from ddrl.algorithm import Algorithm
 from ddrl.config import Config, ConfigError
-from ddrl.engines import DRIVER_HEAP_SHARE, check_result_size, driver_fan_in, package_archive
+from ddrl.engines import DRIVER_HEAP_SHARE, check_result_size, driver_fan_in, package_archive, size_in_bytes
 from ddrl.engines.work import Work
 from ddrl.merge import Partial, decode_partial, encode_partial, merge
 
@@ -57,10 +56,10 @@ class ConnectEngine:
                 f"{PAYLOAD_LIMIT_BYTES / 2**20:.0f} MiB a Spark Connect job can carry in its plan (Connect has no "
                 "broadcast): use a smaller model, or a classic session (single-user compute, spark-submit)"
             )
-        limits = {"spark.driver.maxResultSize": _bytes(self._conf("spark.driver.maxResultSize") or "1g") or math.inf}
+        limits = {"spark.driver.maxResultSize": size_in_bytes(self._conf("spark.driver.maxResultSize") or "1g") or math.inf}
         driver_memory = self._conf("spark.driver.memory")  # the heap is out of a Connect client's sight
         if driver_memory:
-            limits[f"{DRIVER_HEAP_SHARE:.0%} of spark.driver.memory"] = _bytes(driver_memory) * DRIVER_HEAP_SHARE
+            limits[f"{DRIVER_HEAP_SHARE:.0%} of spark.driver.memory"] = size_in_bytes(driver_memory) * DRIVER_HEAP_SHARE
         check_result_size(config, algorithm, limits, "or a deeper spark.tree_depth")
 
     def _conf(self, key: str) -> str | None:
@@ -118,14 +117,3 @@ def _merge_group(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
 
 def _result_row(group: int, partial: Partial) -> pa.RecordBatch:
     return pa.RecordBatch.from_pydict({"group": [group], "partial": [encode_partial(partial)]}, schema=RESULT_SCHEMA)
-
-
-_BYTE_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30, "t": 2**40, "tb": 2**40}
-
-
-def _bytes(size: str) -> int:
-    """A Spark size string ("1g", "512m", "0") in bytes, as Spark reads it (binary units; no unit means bytes)."""
-    match = re.fullmatch(r"\s*(\d+)\s*([a-z]*)\s*", size.lower())
-    if match is None or match.group(2) not in _BYTE_UNITS:
-        raise ConfigError(f"spark: cannot read the size {size!r} in this session's Spark settings")
-    return int(match.group(1)) * _BYTE_UNITS[match.group(2)]
