@@ -17,8 +17,8 @@ from typing import Any, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-ALGORITHMS = {"ppo": "ddrl.ppo", "es": "ddrl.es"}
-"""Algorithm name to the module that implements it (see ``ddrl.algorithm``)."""
+ALGORITHMS = {"ppo": "ddrl.algorithms.ppo", "es": "ddrl.algorithms.es"}
+"""Algorithm name to the module that implements it (see ``ddrl.algorithms``)."""
 
 
 class ConfigError(ValueError):

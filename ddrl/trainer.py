@@ -6,7 +6,7 @@ which runs the tasks and gives back their exact merge (``ddrl.merge``, so arriva
 driver applies the merged result, logs and checkpoints.  On evaluation iterations the same job also evaluates
 the shipped policy: every task runs its share of the episodes, each seeded from (run seed, iteration,
 episode), so the result does not depend on the task count; the stop rule and the best policy kept
-(``train.keep_best``) go by these evaluations.  Nothing here knows which algorithm runs (``ddrl.algorithm``)
+(``train.keep_best``) go by these evaluations.  Nothing here knows which algorithm runs (``ddrl.algorithms``)
 or which Spark API runs the tasks (``ddrl.engines``).
 """
 
@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from ddrl import checkpoint, envs
-from ddrl.algorithm import Algorithm
+from ddrl.algorithms import Algorithm
 from ddrl.config import ALGORITHMS, Config
 from ddrl.engines import Engine, Work, engine_for
 from ddrl.policy import Policy

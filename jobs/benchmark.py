@@ -329,8 +329,8 @@ class _Probe:
 def _probing(probe: _Probe) -> Iterator[None]:
     """Wrap the algorithms' ``apply`` on the driver only (executors import their own, unwrapped classes: instances
     travel by reference to their class).  Restored on exit."""
-    import ddrl.es
-    import ddrl.ppo
+    import ddrl.algorithms.es
+    import ddrl.algorithms.ppo
 
     restore: list[tuple[Any, str, Any]] = []
 
@@ -350,8 +350,8 @@ def _probing(probe: _Probe) -> Iterator[None]:
         restore.append((cls, "apply", original))
         cls.apply = apply
 
-    wrap_apply(ddrl.ppo.PPO)
-    wrap_apply(ddrl.es.EvolutionStrategy)
+    wrap_apply(ddrl.algorithms.ppo.PPO)
+    wrap_apply(ddrl.algorithms.es.EvolutionStrategy)
     try:
         yield
     finally:
@@ -433,10 +433,10 @@ def raw_env_rate(env_config: Any, num_envs: int, seconds: float, repetitions: in
 
 
 def policy_step_seconds(config: Any, repetitions: int) -> float:
-    """Median seconds of one rollout step's policy work in ddrl's PPO (``ddrl.ppo.noisy_actions`` on num_envs
+    """Median seconds of one rollout step's policy work in ddrl's PPO (``ddrl.algorithms.ppo.noisy_actions`` on num_envs
     observations: the NumPy actor and the action draw)."""
     from ddrl import envs
-    from ddrl.ppo import ActorCritic, action_bounds, noisy_actions, numpy_actor
+    from ddrl.algorithms.ppo import ActorCritic, action_bounds, noisy_actions, numpy_actor
 
     env = envs.describe(config.env)
     hp = config.hyperparameters
@@ -1366,7 +1366,8 @@ def rounds(bench: Bench) -> dict[str, Any]:
 def large_model(bench: Bench) -> dict[str, Any]:
     """HalfCheetah-v5 PPO with two hidden layers of ``large_model_hidden`` units, 8 tasks: each iteration's time against
     its tasks' own rollout and update spread over the cores, with the 8-byte result and with Adam's moments averaged."""
-    from ddrl import envs, ppo
+    from ddrl import envs
+    from ddrl.algorithms import ppo
 
     sizes, data, rows = bench.sizes, {}, []
     cores = int(bench.spark().sparkContext.defaultParallelism)
@@ -1412,7 +1413,8 @@ def connect(bench: Bench) -> dict[str, Any]:
         f"PPO 2x{hidden} (HalfCheetah-v5)": ("conf/halfcheetah_ppo.yaml", [f"ppo.hidden_sizes=[{hidden},{hidden}]"], sizes.connect_iterations[1]),
     }
     from ddrl import config as config_module
-    from ddrl import envs, ppo
+    from ddrl import envs
+    from ddrl.algorithms import ppo
 
     for case, (path, overrides, iterations) in cases.items():
         config = config_module.load(ROOT / path, overrides)

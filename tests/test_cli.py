@@ -94,7 +94,7 @@ CASES = {
 
 def _existing_run(directory: Path, data: dict) -> None:
     """A run directory as a run leaves it after one checkpointed iteration, made without Spark."""
-    from ddrl import ppo
+    from ddrl.algorithms import ppo
 
     run = Run.open(data, run_dir=directory)
     run.create()
@@ -106,7 +106,7 @@ def _existing_run(directory: Path, data: dict) -> None:
 
 def _make_incompatible(directory: Path) -> None:
     """Replace the checkpoint's arrays with those of another policy shape, as a valid checkpoint (checksum too)."""
-    from ddrl import ppo
+    from ddrl.algorithms import ppo
 
     other = config_module.load(GOOD, ["ppo.hidden_sizes=[32]"])
     state = ppo.build(other, envs.describe(other.env)).initial_state()

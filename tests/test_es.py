@@ -1,4 +1,4 @@
-"""Evolution strategies (ddrl.es): the update math, seeds, the batched policy, and training through Spark."""
+"""Evolution strategies (ddrl.algorithms.es): the update math, seeds, the batched policy, and training through Spark."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import torch
 from conftest import small_es_config
 
 import ddrl
-from ddrl import checkpoint, envs, es, seeding
+from ddrl import checkpoint, envs, seeding
+from ddrl.algorithms import es
 from ddrl import config as config_module
 from ddrl.envs import EnvInfo
 from ddrl.policy import build_actor
@@ -55,7 +56,7 @@ def test_mirrored_gradient_is_unbiased_on_a_quadratic():
 def test_noise_is_the_same_in_a_fresh_process():
     seed = es.perturbation_seeds(run_seed=5, iteration=7, num_directions=3)[2]
     here = hashlib.sha256(es.perturbation_noise(seed, 1000).tobytes()).hexdigest()
-    code = f"import hashlib; from ddrl import es; print(hashlib.sha256(es.perturbation_noise({seed}, 1000).tobytes()).hexdigest())"
+    code = f"import hashlib; from ddrl.algorithms import es; print(hashlib.sha256(es.perturbation_noise({seed}, 1000).tobytes()).hexdigest())"
     there = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
     assert here == there
 

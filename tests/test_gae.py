@@ -1,11 +1,11 @@
-"""GAE(lambda) advantages (ddrl.ppo.compute_gae) against hand-worked numbers and closed forms."""
+"""GAE(lambda) advantages (ddrl.algorithms.ppo.compute_gae) against hand-worked numbers and closed forms."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ddrl.ppo import compute_gae
+from ddrl.algorithms.ppo import compute_gae
 
 GAMMA, LAMBDA = 0.9, 0.8  # gamma * lambda = 0.72
 

@@ -13,10 +13,10 @@ from safetensors.numpy import load_file
 
 from ddrl import checkpoint, envs
 from ddrl import config as config_module
-from ddrl import ppo as ppo_module
+from ddrl.algorithms import ppo as ppo_module
 from ddrl.config import EnvConfig
 from ddrl.policy import POLICY_SPEC, POLICY_WEIGHTS, Policy, load_policy
-from ddrl.ppo import PPO, ActorCritic, Hyperparameters, flat_parameters, load_flat_parameters
+from ddrl.algorithms.ppo import PPO, ActorCritic, Hyperparameters, flat_parameters, load_flat_parameters
 from ddrl.seeding import seed_everything
 
 ENV_IDS = ["CartPole-v1", "Pendulum-v1"]

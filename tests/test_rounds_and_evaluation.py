@@ -11,7 +11,8 @@ import pytest
 from conftest import small_ppo_config
 
 import ddrl
-from ddrl import checkpoint, envs, ppo
+from ddrl import checkpoint, envs
+from ddrl.algorithms import ppo
 from ddrl import config as config_module
 from ddrl.merge import MergedResult
 from ddrl.seeding import seed_everything

@@ -11,7 +11,8 @@ import pytest
 from conftest import flaky_config, nan_config, small_ppo_config
 
 import ddrl
-from ddrl import checkpoint, envs, ppo
+from ddrl import checkpoint, envs
+from ddrl.algorithms import ppo
 from ddrl import config as config_module
 from ddrl.engines import driver_fan_in
 from ddrl.merge import Partial

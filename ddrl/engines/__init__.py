@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
-from ddrl.algorithm import Algorithm
+from ddrl.algorithms import Algorithm
 from ddrl.config import Config, ConfigError
 from ddrl.engines.work import Work
 from ddrl.merge import Partial

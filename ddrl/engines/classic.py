@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from ddrl.algorithm import Algorithm
+from ddrl.algorithms import Algorithm
 from ddrl.config import Config, ConfigError
 from ddrl.engines import DRIVER_HEAP_SHARE, check_result_size, package_archive, size_in_bytes
 from ddrl.engines.work import Work

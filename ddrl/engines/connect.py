@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import pyarrow as pa
 
-from ddrl.algorithm import Algorithm
+from ddrl.algorithms import Algorithm
 from ddrl.config import Config, ConfigError
 from ddrl.engines import DRIVER_HEAP_SHARE, check_result_size, driver_fan_in, package_archive, size_in_bytes
 from ddrl.engines.work import Work

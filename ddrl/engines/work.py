@@ -10,7 +10,7 @@ import time
 from typing import Any, Mapping
 
 from ddrl import envs
-from ddrl.algorithm import Algorithm
+from ddrl.algorithms import Algorithm
 from ddrl.config import Config
 from ddrl.merge import Partial
 from ddrl.policy import Policy

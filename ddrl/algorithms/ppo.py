@@ -348,7 +348,7 @@ def explained_variance(batch: Batch) -> float:
 
 
 class PPO:
-    """PPO as a ddrl algorithm (see ``ddrl.algorithm.Algorithm``)."""
+    """PPO as a ddrl algorithm (see ``ddrl.algorithms.Algorithm``)."""
 
     def __init__(self, config: Config, env: EnvInfo) -> None:
         self.config = config

@@ -1,4 +1,4 @@
-"""The interface between the Spark loop (``ddrl.trainer``) and an algorithm (``ddrl.ppo``).
+"""The interface between the Spark loop (``ddrl.trainer``) and an algorithm (``ddrl.algorithms.ppo``).
 
 The loop knows nothing of the algorithm's math, the algorithm nothing of Spark.  Per iteration the loop:
 
