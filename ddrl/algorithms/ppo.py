@@ -58,6 +58,8 @@ class Hyperparameters(StrictModel):
     hidden_sizes: list[int] = Field(default_factory=lambda: [64, 64], min_length=1)
     activation: Literal["tanh", "relu"] = "tanh"
     log_std_init: float = Field(0.0, ge=-5, le=2, description="Initial log std of Gaussian actions.")
+    ortho_init: bool = Field(True, description="Orthogonal initialization (CleanRL's and SB3's default); false keeps "
+                             "torch's default initialization, as rl-zoo's tuned MuJoCo settings do.")
     normalize_observation: bool = False
     normalize_reward: bool = False
     adam_eps: float = Field(1e-5, gt=0)
@@ -73,7 +75,8 @@ class ActorCritic(nn.Module):
     """Separate actor and critic MLPs; a categorical head for Discrete actions, a diagonal Gaussian for Box."""
 
     def __init__(self, env: EnvInfo, hp: Hyperparameters, initialize: bool = True) -> None:
-        """``initialize=False`` skips the orthogonal initialization, for loading trained weights right after."""
+        """``initialize=False`` keeps torch's default initialization: for ``ortho_init: false``, and for loading
+        trained weights right after."""
         super().__init__()
         self.discrete = env.discrete
         self.critic = mlp(env.observation_dim, hp.hidden_sizes, 1, hp.activation, 1.0, initialize)
@@ -364,7 +367,7 @@ class PPO:
     # ---- driver side ---------------------------------------------------------------------------------------
     def initial_state(self) -> State:
         torch.manual_seed(derive_seed(self.config.seed, 0, 0, Stream.INITIALIZATION))
-        params = flat_parameters(ActorCritic(self.env, self.hp))
+        params = flat_parameters(ActorCritic(self.env, self.hp, initialize=self.hp.ortho_init))
         state = {
             "params": params,
             **_moments_state("obs", Moments.empty((self.env.observation_dim,))),
