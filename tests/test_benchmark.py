@@ -6,16 +6,17 @@ from __future__ import annotations
 import json
 
 from jobs import benchmark
+from jobs.benchmark_parts import common, cost_model
 
 
 def test_cost_model_part_writes_a_table_and_json(spark, tmp_path, capsys):
-    sizes = benchmark.Sizes.quick()
+    sizes = common.Sizes.quick()
     sizes.cost_sizes = (1_000, 5_000)
     sizes.cost_partitions = (2, 3)
     sizes.cost_depths = (1, 2)
     sizes.cost_jvm_tasks = (2, 4)
     out = tmp_path / "benchmark.json"
-    bench = benchmark.Bench(sizes, tmp_path / "work", out, quick=True, spark=spark)
+    bench = common.Bench(sizes, tmp_path / "work", out, quick=True, spark=spark)
 
     results = benchmark.run_parts(bench, ["cost_model"])
 
@@ -34,23 +35,23 @@ def test_cost_model_part_writes_a_table_and_json(spark, tmp_path, capsys):
 
 
 def test_tree_plan_follows_pyspark():
-    assert benchmark.tree_plan(2, 3) == [2]
-    assert benchmark.tree_plan(8, 1) == [8]
-    assert benchmark.tree_plan(8, 2) == [8, 2]
-    assert benchmark.tree_plan(1000, 3) == [1000, 100, 10]
+    assert cost_model.tree_plan(2, 3) == [2]
+    assert cost_model.tree_plan(8, 1) == [8]
+    assert cost_model.tree_plan(8, 2) == [8, 2]
+    assert cost_model.tree_plan(1000, 3) == [1000, 100, 10]
 
 
 def test_parse_train_output():
     text = "final evaluation: 500.0 +- 0.0 over 20 episodes (solved)\nenv steps: 36864 in 9 iterations\nwall time: 65.2 s, whole process\n"
-    assert benchmark.parse_train_output(text) == {"final_eval": 500.0, "final_eval_std": 0.0, "final_solved": True, "env_steps": 36864, "wall_s": 65.2}
+    assert common.parse_train_output(text) == {"final_eval": 500.0, "final_eval_std": 0.0, "final_solved": True, "env_steps": 36864, "wall_s": 65.2}
 
 
 def test_rounds_and_large_model_parts_run_at_smoke_size(spark, tmp_path):
-    sizes = benchmark.Sizes.quick()
+    sizes = common.Sizes.quick()
     sizes.rounds_variants = sizes.rounds_variants[:1]
     sizes.rounds_budget = 2048
     out = tmp_path / "benchmark.json"
-    bench = benchmark.Bench(sizes, tmp_path / "work", out, quick=True, spark=spark)
+    bench = common.Bench(sizes, tmp_path / "work", out, quick=True, spark=spark)
 
     benchmark.run_parts(bench, ["rounds", "large_model"])
 

@@ -1,0 +1,70 @@
+"""Benchmark part 5: vs Stable-Baselines3 on CartPole."""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+import numpy as np
+
+from jobs.benchmark_parts.common import (CARTPOLE_TARGET, ROOT, Bench, load_average, median, parse_train_output, read_run_metrics, row,
+                                         run_process, train_command)
+from jobs.benchmark_parts.sb3 import require_sb3
+
+
+def vs_sb3(bench: Bench) -> dict[str, Any]:
+    """The README's first command against SB3 PPO (rl-zoo), seed by seed in turn: whole processes, each side stopping
+    at its first 20-episode evaluation >= 475 (ddrl: --set train.solved_evaluations=1; the config asks for two)."""
+    require_sb3()
+    sizes = bench.sizes
+    runs: dict[str, list[dict[str, Any]]] = {"ddrl": [], "sb3": []}
+    for seed in sizes.sb3_seeds:
+        run_dir = bench.work / "runs" / f"vs_sb3-ddrl-seed{seed}"
+        overrides = [f"seed={seed}", "train.solved_evaluations=1"] + ([f"train.total_env_steps={sizes.sb3_ddrl_steps}"] if sizes.sb3_ddrl_steps else [])
+        result = run_process(train_command(None, "conf/cartpole_ppo.yaml", run_dir, overrides), bench.work / "logs" / f"vs_sb3-ddrl-seed{seed}.log",
+                             sizes.subprocess_timeout)
+        config_file = run_dir / "config.yaml"
+        startup = config_file.stat().st_mtime - result["launched"] if config_file.exists() else math.nan
+        metrics = read_run_metrics(run_dir)
+        solved = any((r.get("eval_return_mean") or -math.inf) >= CARTPOLE_TARGET for r in metrics)
+        runs["ddrl"].append({
+            "seed": seed, "returncode": result["returncode"], **parse_train_output(result["output"]), "wall_parent_s": result["wall_parent_s"],
+            "solved": solved, "startup_s": startup,
+            "first_iteration_s": metrics[0]["iteration_s"] if metrics else math.nan,
+            "later_iteration_s": median([r["iteration_s"] for r in metrics[1:]]),
+            "iterations_s": sum(r["iteration_s"] for r in metrics),
+            "log": result["log"], "load_average": load_average(),
+        })
+        command = [sys.executable, str(ROOT / "jobs" / "benchmark.py"), "sb3-cartpole", "--seed", str(seed), "--max-steps", str(sizes.sb3_max_steps)]
+        result = run_process(command, bench.work / "logs" / f"vs_sb3-sb3-seed{seed}.log", sizes.subprocess_timeout)
+        parsed = parse_train_output(result["output"])
+        runs["sb3"].append({"seed": seed, "returncode": result["returncode"], **parsed, "wall_parent_s": result["wall_parent_s"],
+                            "solved": parsed.get("stop_eval", -math.inf) >= CARTPOLE_TARGET, "log": result["log"], "load_average": load_average()})
+
+    def solved_time(run: dict[str, Any]) -> float:
+        return run["wall_parent_s"] if run["solved"] else math.inf
+
+    ddrl_times, sb3_times = [solved_time(r) for r in runs["ddrl"]], [solved_time(r) for r in runs["sb3"]]
+    ratios = [d / s for d, s in zip(ddrl_times, sb3_times)]
+    ratio = float(np.median(ratios))
+    rows = []
+    for r, t in zip(runs["ddrl"], ddrl_times):
+        rows.append(row(f"ddrl seed {r['seed']}", "process wall to its first 20-ep eval >= 475 (and exit)", t if math.isfinite(t) else "not solved",
+                        "s" if math.isfinite(t) else ""))
+    for r, t, q in zip(runs["sb3"], sb3_times, ratios):
+        rows.append(row(f"SB3 seed {r['seed']}", "process wall to its first 20-ep eval >= 475 (and exit)", t if math.isfinite(t) else "not solved",
+                        "s" if math.isfinite(t) else "", f"ddrl / SB3 = {q:.2f}"))
+    rows += [
+        row("ddrl / SB3", f"median of the per-seed ratios ({len(ratios)} seeds)", ratio, "x", "<= 1.0 (no worse than 1.3)", ratio <= 1.0),
+        row("ddrl", "median process wall", float(np.median(ddrl_times)), "s"),
+        row("SB3", "median process wall", float(np.median(sb3_times)), "s"),
+        row("ddrl", "median env steps", median([r.get("env_steps", math.nan) for r in runs["ddrl"]]), "steps"),
+        row("SB3", "median env steps", median([r.get("stop_steps", math.nan) for r in runs["sb3"]]), "steps"),
+        row("ddrl", "median start-up before iteration 1 (interpreter, imports, JVM, Spark session)", median([r["startup_s"] for r in runs["ddrl"]]), "s"),
+        row("ddrl", "median first iteration (Python workers start and import torch, first job)", median([r["first_iteration_s"] for r in runs["ddrl"]]), "s"),
+        row("ddrl", "median later iteration", median([r["later_iteration_s"] for r in runs["ddrl"]]), "s"),
+        row("ddrl", "median after the last iteration (final evaluation, plot, Spark stop, exit)",
+            median([r["wall_parent_s"] - r["startup_s"] - r["iterations_s"] for r in runs["ddrl"]]), "s"),
+    ]
+    return {"rows": rows, "data": runs}
