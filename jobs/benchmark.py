@@ -95,6 +95,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seeds", help="vs_sb3 seeds, comma-separated (default 1,2,3; --quick: 1)")
     parser.add_argument("--halfcheetah-minutes", type=float, help="halfcheetah: wall time of each side (default 15; --quick: 1)")
     parser.add_argument("--halfcheetah-steps", type=int, help="halfcheetah: ddrl's step budget (default: sized for the minutes)")
+    parser.add_argument("--time-to-target-envs", help="time_to_target: env ids, comma-separated (default HalfCheetah-v5,Hopper-v5)")
     args = parser.parse_args(argv)
     parts = [part for item in args.only for part in item.split(",") if part]
     unknown = [part for part in parts if part not in PARTS]
@@ -142,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         sizes.sb3_seeds = tuple(int(seed) for seed in args.seeds.split(","))
     if args.halfcheetah_minutes:
         sizes.halfcheetah_minutes = args.halfcheetah_minutes
+    if args.time_to_target_envs:
+        sizes.time_to_target_envs = tuple(args.time_to_target_envs.split(","))
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     work = ROOT / "runs" / f"benchmark-{stamp}"
     out = args.out.resolve() if args.out else work / "benchmark.json"
