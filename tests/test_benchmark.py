@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+from conftest import ROOT
+
+from ddrl import config as config_module
 from jobs import benchmark
-from jobs.benchmark_parts import common, cost_model
+from jobs.benchmark_parts import common, cost_model, simulated_cluster, time_to_target
 
 
 def test_cost_model_part_writes_a_table_and_json(spark, tmp_path, capsys):
@@ -62,3 +66,19 @@ def test_rounds_and_large_model_parts_run_at_smoke_size(spark, tmp_path):
     large = stored["parts"]["large_model"]["data"]
     assert large["fedadamw, depth 1"]["result_bytes"] == 8 * large["fedadamw, depth 1"]["parameters"]
     assert large["average, depth 2"]["result_bytes"] == 56 * large["average, depth 2"]["parameters"]
+
+
+@pytest.mark.parametrize("algo", ["ppo", "es"])
+@pytest.mark.parametrize("tasks", [1, 16])
+def test_simulated_cluster_configs_validate_with_the_same_work_per_task(algo, tasks):
+    path, overrides = simulated_cluster.overrides(algo, tasks, iterations=6)
+    config = config_module.load(ROOT / path, overrides)
+    assert config.spark.num_tasks == tasks and config.env.id == "jobs.benchmark_parts.slow_envs:SlowPendulum"
+    assert config.train.total_env_steps == 6 * common.iteration_steps(config)  # six iterations, whatever the task count
+    assert common.iteration_steps(config) // tasks == (200 if algo == "ppo" else 400)
+
+
+def test_time_to_target_reads_sb3s_evaluation_lines():
+    output = "eval at 50000 steps: 998.7 (81.4 s)\nnoise\neval at 510404 steps: -5.5 (891.8 s)\nfinal evaluation: 5377.8 +- 587.6\n"
+    assert time_to_target.sb3_evaluations(output) == [{"steps": 50000, "mean": 998.7, "seconds": 81.4},
+                                                      {"steps": 510404, "mean": -5.5, "seconds": 891.8}]
