@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,6 +85,14 @@ def small_es_config(tmp_path: Path, **sections) -> dict:
         "es": {"variant": "openai", "num_directions": 32, "sigma": 0.1, "learning_rate": 0.05},
     }
     return with_sections(config, **sections)
+
+
+def final_params(run_dir: Path) -> Any:
+    """The parameters of a run's latest checkpoint."""
+    from ddrl import checkpoint
+
+    state, _ = checkpoint.load_latest(Path(run_dir) / "checkpoints")
+    return state["params"]
 
 
 def flaky_config(tmp_path: Path, **env_kwargs) -> dict:

@@ -14,15 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, small_ppo_config
+from conftest import ROOT, final_params, small_ppo_config
 
 import ddrl
-from ddrl import checkpoint
 
-
-def final_params(run_dir: Path) -> np.ndarray:
-    state, _ = checkpoint.load_latest(Path(run_dir) / "checkpoints")
-    return state["params"]
 
 
 def _run_script(tmp_path: Path, script: str, timeout: float) -> dict:

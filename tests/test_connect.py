@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, environment_without_this_checkout, flaky_config, fresh_venv, nan_config, small_es_config, small_ppo_config
+from conftest import ROOT, final_params, environment_without_this_checkout, flaky_config, fresh_venv, nan_config, small_es_config, small_ppo_config
 
 import ddrl
 from ddrl import checkpoint
@@ -25,10 +25,6 @@ from ddrl import checkpoint
 for _module in ("grpc", "grpc_status", "google.rpc", "zstandard", "pandas"):
     pytest.importorskip(_module, reason="Spark Connect needs pyspark[connect]")
 
-
-def final_params(run_dir: Path) -> np.ndarray:
-    state, _ = checkpoint.load_latest(Path(run_dir) / "checkpoints")
-    return state["params"]
 
 
 def _forget_after_first_iteration(run_dir: Path) -> None:

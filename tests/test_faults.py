@@ -25,17 +25,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import ROOT, small_ppo_config
+from conftest import ROOT, final_params, small_ppo_config
 
 import ddrl
 from ddrl import checkpoint
 from ddrl import config as config_module
 from ddrl.run import Run
 
-
-def final_params(run_dir: Path) -> np.ndarray:
-    state, _ = checkpoint.load_latest(Path(run_dir) / "checkpoints")
-    return state["params"]
 
 
 def metric_iterations(run_dir: Path) -> list[int]:

@@ -8,10 +8,10 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import small_ppo_config
+from conftest import final_params, small_ppo_config
 
 import ddrl
-from ddrl import checkpoint, envs
+from ddrl import envs
 from ddrl.algorithms import ppo
 from ddrl import config as config_module
 from ddrl.merge import MergedResult
@@ -21,11 +21,6 @@ from ddrl.seeding import seed_everything
 def _algorithm(tmp_path, **sections) -> ppo.PPO:
     config = config_module.load(small_ppo_config(tmp_path, **sections))
     return ppo.PPO(config, envs.describe(config.env))
-
-
-def _final_params(run_dir) -> np.ndarray:
-    state, _ = checkpoint.load_latest(run_dir / "checkpoints")
-    return state["params"]
 
 
 # ---- local rounds (no Spark) --------------------------------------------------------------------------------
@@ -141,8 +136,8 @@ def test_local_rounds_with_outer_momentum_are_bit_identical_across_tree_depths_r
 
     ddrl.train(spark, config(1), run_dir=tmp_path / "depth1", observers=[])
     ddrl.train(spark, config(3, fail_partitions=[1]), run_dir=tmp_path / "depth3-retried", observers=[])
-    reference = _final_params(tmp_path / "depth1")
-    assert np.array_equal(_final_params(tmp_path / "depth3-retried"), reference)
+    reference = final_params(tmp_path / "depth1")
+    assert np.array_equal(final_params(tmp_path / "depth3-retried"), reference)
 
     shutil.copytree(tmp_path / "depth1", tmp_path / "resumed")
     for name in ("ckpt-000002", "ckpt-000003"):  # as if the driver died after checkpointing iteration 1
@@ -150,7 +145,7 @@ def test_local_rounds_with_outer_momentum_are_bit_identical_across_tree_depths_r
             (tmp_path / "resumed" / "checkpoints" / (name + suffix)).unlink()
     resumed = ddrl.train(spark, config(1), resume=tmp_path / "resumed", observers=[])
     assert resumed.iterations == 3
-    assert np.array_equal(_final_params(tmp_path / "resumed"), reference)
+    assert np.array_equal(final_params(tmp_path / "resumed"), reference)
 
 
 def test_the_evaluation_does_not_depend_on_the_task_count(spark, tmp_path):
@@ -173,7 +168,7 @@ def test_a_run_solved_at_its_first_evaluation_ends_with_the_policy_it_evaluated(
     result = ddrl.train(spark, config, run_dir=tmp_path / "run", observers=[])
     assert result.iterations == 1
     algorithm = _algorithm(tmp_path)
-    np.testing.assert_array_equal(_final_params(tmp_path / "run"), algorithm.initial_state()["params"])
+    np.testing.assert_array_equal(final_params(tmp_path / "run"), algorithm.initial_state()["params"])
     observations = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
     np.testing.assert_array_equal(result.policy.act(observations), algorithm.policy(algorithm.initial_state()).act(observations))
 

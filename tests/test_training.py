@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import flaky_config, nan_config, small_ppo_config
+from conftest import final_params, flaky_config, nan_config, small_ppo_config
 
 import ddrl
 from ddrl import checkpoint, envs
@@ -17,10 +17,6 @@ from ddrl import config as config_module
 from ddrl.engines import driver_fan_in
 from ddrl.merge import Partial
 
-
-def final_params(run_dir) -> np.ndarray:
-    state, _ = checkpoint.load_latest(run_dir / "checkpoints")
-    return state["params"]
 
 
 def test_short_run_writes_config_metrics_checkpoints_and_policy(spark, tmp_path):

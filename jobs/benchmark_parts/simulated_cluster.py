@@ -22,12 +22,10 @@ TARGET_AT_16 = 0.9
 def overrides(algo: str, tasks: int, iterations: int) -> tuple[str, list[str]]:
     """The config and overrides of one run: ``tasks`` tasks, each with the same work, for ``iterations`` iterations."""
     if algo == "ppo":
-        per_task = ["env.num_envs=1", "ppo.num_steps=200", "ppo.update_epochs=4", "ppo.num_minibatches=4"]
-        steps = 200 * tasks
-        return "conf/pendulum_ppo.yaml", [*SLOW_ENV, *QUIET, *per_task, f"spark.num_tasks={tasks}", f"train.total_env_steps={steps * iterations}"]
-    per_task = ["env.num_envs=1", f"es.num_directions={tasks}"]  # one direction per task: its 2 episodes one after the other
-    steps = 2 * 200 * tasks
-    return "conf/pendulum_es.yaml", [*SLOW_ENV, *QUIET, *per_task, f"spark.num_tasks={tasks}", f"train.total_env_steps={steps * iterations}"]
+        path, per_task, steps = "conf/pendulum_ppo.yaml", ["env.num_envs=1", "ppo.num_steps=200", "ppo.update_epochs=4", "ppo.num_minibatches=4"], 200
+    else:  # one direction per task: its 2 episodes one after the other
+        path, per_task, steps = "conf/pendulum_es.yaml", ["env.num_envs=1", f"es.num_directions={tasks}"], 2 * 200
+    return path, [*SLOW_ENV, *QUIET, *per_task, f"spark.num_tasks={tasks}", f"train.total_env_steps={steps * tasks * iterations}"]
 
 
 def simulated_cluster(bench: Bench) -> dict[str, Any]:
