@@ -12,7 +12,7 @@ import importlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -29,11 +29,25 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class WrapperConfig(StrictModel):
+    """One env wrapper: ``{class: package.module:Name, kwargs: {...}}``, called as ``Name(env, **kwargs)``."""
+
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+    class_: str = Field(alias="class", pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="'package.module:Name'.")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
 class EnvConfig(StrictModel):
     id: str = Field(min_length=1, description="A registered gymnasium id, or 'package.module:ClassName'.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the env.")
     num_envs: int = Field(8, ge=1, le=4096, description="Environments per task, stepped as one vector env.")
     max_episode_steps: int | None = Field(None, ge=1, description="Time limit; the env's own by default.")
+    wrappers: list[WrapperConfig] = Field(default_factory=list, description="Wrappers applied to each env, in order.")
+    action_mask: Literal["auto", "info", "observation", "none"] = Field(
+        "auto", description="Where the valid-action mask comes from; auto: the observation's part or the reset info's "
+        "entry named action_mask_key, if there is one."
+    )
+    action_mask_key: str = Field("action_mask", min_length=1)
 
 
 class SparkConfig(StrictModel):

@@ -3,44 +3,83 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
+from ddrl import spaces
 from ddrl.config import ConfigError, EnvConfig
+from ddrl.spaces import ActionSpec, ObservationPart, ObservationSpec
 
 
 @dataclasses.dataclass(frozen=True)
 class EnvInfo:
-    """What a policy needs to know about an environment: shapes, action kind and bounds."""
+    """What a policy needs to know about an environment: how its observations and actions map to the network's
+    inputs and outputs (``ddrl.spaces``), and where its valid-action mask comes from."""
 
     id: str
-    observation_dim: int
-    discrete: bool
-    action_dim: int
-    """Number of actions for a Discrete space, vector size for a Box."""
-    action_low: tuple[float, ...] = ()
-    action_high: tuple[float, ...] = ()
+    observation: ObservationSpec
+    action: ActionSpec
     reward_threshold: float | None = None
+    action_mask: Literal["info", "observation"] | None = None
+    """Where the mask of valid actions comes from: ``info[action_mask_key]``, the observation's part of that name, or nowhere."""
+    action_mask_key: str = "action_mask"
+
+    @property
+    def observation_dim(self) -> int:
+        """Size of the vector features (``ddrl.spaces``): the observation's size for a 1-D Box."""
+        return self.observation.vector_dim
+
+    @property
+    def discrete(self) -> bool:
+        return self.action.kind == "discrete"
+
+    @property
+    def action_dim(self) -> int:
+        """The network's output size: number of actions for Discrete, vector size for a 1-D Box."""
+        return self.action.output_dim
+
+    def mask(self, observation: Any, info: Any) -> np.ndarray | None:
+        """The valid-action mask that goes with an observation (or a batch of them) and its info; None without masks."""
+        return spaces.action_mask(self.action_mask, self.action_mask_key, observation, info or {})
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {
+            "id": self.id,
+            "observation": self.observation.to_dict(),
+            "action": self.action.to_dict(),
+            "reward_threshold": self.reward_threshold,
+            "action_mask": self.action_mask,
+            "action_mask_key": self.action_mask_key,
+        }
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> "EnvInfo":
-        data = dict(data)
-        data["action_low"] = tuple(data.get("action_low", ()))
-        data["action_high"] = tuple(data.get("action_high", ()))
-        return EnvInfo(**data)
+        if "observation_dim" in data:  # policies saved before ddrl read every space: a 1-D Box in, Discrete or Box out
+            observation = ObservationSpec((ObservationPart((), "box", (int(data["observation_dim"]),)),))
+            if data["discrete"]:
+                action = ActionSpec("discrete", (), (int(data["action_dim"]),))
+            else:
+                action = ActionSpec("box", (int(data["action_dim"]),), (), tuple(data["action_low"]), tuple(data["action_high"]))
+            return EnvInfo(data["id"], observation, action, data.get("reward_threshold"))
+        return EnvInfo(
+            data["id"],
+            ObservationSpec.from_dict(data["observation"]),
+            ActionSpec.from_dict(data["action"]),
+            data.get("reward_threshold"),
+            data.get("action_mask"),
+            data.get("action_mask_key", "action_mask"),
+        )
 
 
 def describe(env: EnvConfig) -> EnvInfo:
     """Build the env once and read its spaces; raise ``ConfigError`` naming the field if it cannot be used."""
-    env_id = _registered_id(env.id)
+    env_id, wrappers = _registered_id(env.id), _wrappers(env)
     try:
         single = gym.make(env_id, **_make_kwargs(env))
     except gym.error.DependencyNotInstalled as error:
@@ -51,31 +90,58 @@ def describe(env: EnvConfig) -> EnvInfo:
         field = "env.kwargs" if env.kwargs else "env.id"
         raise ConfigError(f"{field}: {env.id} could not be created: {type(error).__name__}: {_one_line(error)}") from None
     try:
+        for index, wrap in enumerate(wrappers):
+            try:
+                single = wrap(single)
+            except Exception as error:  # a wrapper's constructor may raise anything
+                raise ConfigError(f"env.wrappers.{index}: {env.wrappers[index].class_} could not wrap {env.id}: "
+                                  f"{type(error).__name__}: {_one_line(error)}") from None
         observation_space, action_space = single.observation_space, single.action_space
         threshold = single.spec.reward_threshold if single.spec is not None else None
+        try:
+            observation, action = spaces.observation_spec(observation_space), spaces.action_spec(action_space)
+        except spaces.SpaceError as error:
+            raise ConfigError(f"env.id: {env.id} has {error}") from None
+        mask = _mask_source(env, single, observation_space, action)
     finally:
         single.close()
+    return EnvInfo(env.id, observation, action, threshold, mask, env.action_mask_key)
 
-    if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) != 1:
-        raise ConfigError(f"env.id: {env.id} has observation space {observation_space}; only 1-D Box is supported")
-    observation_dim = int(observation_space.shape[0])
-    if isinstance(action_space, gym.spaces.Discrete):
-        if action_space.start != 0:
-            raise ConfigError(f"env.id: {env.id} has a Discrete action space starting at {action_space.start}; only 0 is supported")
-        return EnvInfo(env.id, observation_dim, True, int(action_space.n), reward_threshold=threshold)
-    if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
-        if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
-            raise ConfigError(f"env.id: {env.id} has an unbounded Box action space; bounded actions are required")
-        return EnvInfo(
-            env.id,
-            observation_dim,
-            False,
-            int(action_space.shape[0]),
-            tuple(float(x) for x in action_space.low),
-            tuple(float(x) for x in action_space.high),
-            threshold,
-        )
-    raise ConfigError(f"env.id: {env.id} has action space {action_space}; only Discrete and 1-D Box are supported")
+
+def _mask_source(env: EnvConfig, single: gym.Env, observation_space: gym.Space, action: ActionSpec) -> str | None:
+    """Where the env's valid-action mask comes from (``env.action_mask``; ``auto`` looks at the observation's parts
+    and at the info of a reset), checked against the action space."""
+    key = env.action_mask_key
+    in_observation = isinstance(observation_space, gym.spaces.Dict) and key in observation_space.spaces
+    if env.action_mask == "none":
+        return None
+    if env.action_mask == "observation" and not in_observation:
+        raise ConfigError(f"env.action_mask: {env.id} has no observation part {key!r} (its observation space is {observation_space})")
+    source = env.action_mask if env.action_mask != "auto" else "observation" if in_observation else None
+    size = None
+    if source == "observation":
+        size = int(np.prod(observation_space.spaces[key].shape))
+    elif env.action_mask in ("auto", "info"):
+        _, info = single.reset(seed=0)
+        if key in info:
+            source, size = "info", int(np.asarray(info[key]).size)
+        elif env.action_mask == "info":
+            raise ConfigError(f"env.action_mask: {env.id} gives no info[{key!r}] on reset")
+    if source is None:
+        return None
+    if not action.categorical:
+        raise ConfigError(f"env.action_mask: {env.id} has {action.kind} actions; masks apply to Discrete and MultiDiscrete actions")
+    if size != action.output_dim:
+        raise ConfigError(f"env.action_mask: {env.id}'s mask {key!r} has {size} entries; its action space needs {action.output_dim}")
+    return source
+
+
+def make_env(env: EnvConfig, **kwargs: Any) -> gym.Env:
+    """One env of the config, its wrappers applied (``kwargs`` such as ``render_mode`` go to ``gym.make``)."""
+    single = gym.make(_registered_id(env.id), **_make_kwargs(env), **kwargs)
+    for wrap in _wrappers(env):
+        single = wrap(single)
+    return single
 
 
 def make_vector_env(env: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
@@ -83,7 +149,8 @@ def make_vector_env(env: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
 
     Every vector env here autoresets on the step after an episode ends (``AutoresetMode.NEXT_STEP``).
     """
-    vector_env = gym.make_vec(_registered_id(env.id), num_envs, **_make_kwargs(env))
+    mode = {"vectorization_mode": "sync"} if env.wrappers else {}  # a native vector env takes no per-env wrappers
+    vector_env = gym.make_vec(_registered_id(env.id), num_envs, wrappers=_wrappers(env) or None, **mode, **_make_kwargs(env))
     mode = vector_env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
     if mode != AutoresetMode.NEXT_STEP:
         raise ConfigError(f"env.id: {env.id} vector env autoresets in mode {mode}; NEXT_STEP is required")
@@ -92,17 +159,17 @@ def make_vector_env(env: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
 
 def make_evaluation_env(env: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
     """A synchronous vector of single envs, each of which a ``reset(seed=[...])`` seeds on its own."""
-    return gym.make_vec(_registered_id(env.id), num_envs, vectorization_mode="sync", **_make_kwargs(env))
+    return gym.make_vec(_registered_id(env.id), num_envs, vectorization_mode="sync", wrappers=_wrappers(env) or None, **_make_kwargs(env))
 
 
 def evaluate(
-    act: Callable[[np.ndarray], np.ndarray],
+    act: Callable[[Any, Any], np.ndarray],
     env: EnvConfig,
     episodes: int,
     seed: int | Sequence[int],
     vector_env: gym.vector.VectorEnv | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Run ``episodes`` episodes in parallel, one per sub-env, with ``act`` on batches of observations.
+    """Run ``episodes`` episodes in parallel, one per sub-env, with ``act(observations, infos)`` on batches.
 
     Episode i starts from ``seed + i``, or from ``seed[i]`` when ``seed`` is a sequence: each episode depends on
     its own seed and the policy only.  ``vector_env`` (from ``make_evaluation_env``, ``episodes`` sub-envs) is
@@ -114,12 +181,12 @@ def evaluate(
     own_env = vector_env is None
     vector_env = make_evaluation_env(env, episodes) if vector_env is None else vector_env
     try:
-        observations, _ = vector_env.reset(seed=seeds)
+        observations, infos = vector_env.reset(seed=seeds)
         returns = np.zeros(episodes)
         lengths = np.zeros(episodes, dtype=np.int64)
         running = np.ones(episodes, dtype=bool)
         while running.any():
-            observations, rewards, terminated, truncated, _ = vector_env.step(act(observations))
+            observations, rewards, terminated, truncated, infos = vector_env.step(act(observations, infos))
             returns += np.where(running, rewards, 0.0)
             lengths += running
             running &= ~(terminated | truncated)
@@ -138,6 +205,24 @@ def _make_kwargs(env: EnvConfig) -> dict[str, Any]:
     if env.max_episode_steps is not None:
         kwargs["max_episode_steps"] = env.max_episode_steps
     return kwargs
+
+
+def _wrappers(env: EnvConfig) -> list[Callable[[gym.Env], gym.Env]]:
+    """The config's wrappers as callables, in order, each bound to its kwargs; ``ConfigError`` names a bad one."""
+    wrappers = []
+    for index, wrapper in enumerate(env.wrappers):
+        module_name, _, class_name = wrapper.class_.partition(":")
+        field = f"env.wrappers.{index}.class: {env.id}'s wrapper"
+        try:
+            wrapper_class = getattr(importlib.import_module(module_name), class_name)
+        except ImportError as error:
+            raise ConfigError(f"{field}: cannot import module {module_name!r}: {error}") from None
+        except AttributeError:
+            raise ConfigError(f"{field}: module {module_name!r} has no attribute {class_name!r}") from None
+        if not callable(wrapper_class):
+            raise ConfigError(f"{field}: {wrapper.class_} is not a class or function")
+        wrappers.append(functools.partial(wrapper_class, **wrapper.kwargs))
+    return wrappers
 
 
 def _registered_id(env_id: str) -> str:

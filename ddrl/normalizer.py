@@ -48,12 +48,14 @@ class Moments:
         return self.m2 / self.count if self.count > 0 else np.ones_like(self.mean)
 
 
-def normalize(values: np.ndarray, mean: np.ndarray, variance: np.ndarray) -> np.ndarray:
-    """Standardize and clip to [-CLIP, CLIP], as gymnasium's NormalizeObservation wrapper does."""
-    return standardize(values, mean, np.sqrt(variance + EPSILON)).astype(np.float32)
+def normalize(values: np.ndarray, mean: np.ndarray, variance: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+    """Standardize and clip to [-CLIP, CLIP], as gymnasium's NormalizeObservation wrapper does; with ``where``,
+    only the features it marks (the others pass through)."""
+    return standardize(values, mean, np.sqrt(variance + EPSILON), where).astype(np.float32)
 
 
-def standardize(values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+def standardize(values: np.ndarray, mean: np.ndarray, std: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
     """``normalize`` in float64 with ``std = sqrt(variance + EPSILON)`` computed once, for a rollout's step loop."""
     # minimum/maximum rather than np.clip: the same values, at half the per-call cost
-    return np.minimum(np.maximum((values - mean) / std, -CLIP), CLIP)
+    standardized = np.minimum(np.maximum((values - mean) / std, -CLIP), CLIP)
+    return standardized if where is None else np.where(where, standardized, values)

@@ -64,12 +64,12 @@ class Run:
             config = config_module.load(source if source is not None else stored, overrides)
             if config.fingerprint() != stored.fingerprint():
                 raise ConfigError(f"resume: {directory} belongs to a different config than the one given")
-            env = envs.describe(config.env)
+            env = _described(config)
             return Run(config, env, directory, resumed=True, latest_checkpoint=_latest_fitting_checkpoint(config, env, directory))
         if source is None:
             raise ConfigError("config: a config is required to start a run")
         config = config_module.load(source, overrides)
-        env = envs.describe(config.env)
+        env = _described(config)
         directory = Path(run_dir or config.output.run_dir or _default_directory(config))
         if directory.exists() and any(directory.iterdir()):
             raise ConfigError(f"output.run_dir: {directory} already holds files; resume it or choose another")
@@ -114,6 +114,15 @@ class Run:
         paths = sorted((self.directory / METRICS_DIR).glob("iteration-*.parquet"))
         tables = [pq.read_table(path) for path in paths]
         return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+
+
+def _described(config: Config) -> EnvInfo:
+    """The config's env, checked against its algorithm (``check_env``, where the algorithm has one)."""
+    env = envs.describe(config.env)
+    algorithm = importlib.import_module(config_module.ALGORITHMS[config.algo])
+    if hasattr(algorithm, "check_env"):
+        algorithm.check_env(config, env)
+    return env
 
 
 def _latest_fitting_checkpoint(config: Config, env: EnvInfo, directory: Path) -> tuple[checkpoint.State, dict[str, Any]] | None:

@@ -263,19 +263,28 @@ class MlflowObserver(_Guarded):
             _OPEN_RUN.pop("run_id", None)
 
 
-def _log_serving_model(policy: Any, run_id: str, name: str) -> str:
-    """``mlflow.pytorch.log_model`` of the serving module (torch.export format); returns the model URI."""
+def _log_serving_model(policy: Any, run_id: str, name: str) -> str | None:
+    """``mlflow.pytorch.log_model`` of the serving module (torch.export format); returns the model URI.
+
+    MLflow's torch flavor feeds one array: Dict and Tuple observations log no model (their policies still
+    export with ``ddrl.export`` and load with ``ddrl.load_policy`` from the run's ``policy/`` artifacts).
+    """
     import mlflow
     import numpy as np
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    from ddrl.export import serving_module
+    from ddrl.export import example_input, serving_module
 
     env = policy.env
-    inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, env.observation_dim))])
-    outputs = Schema([TensorSpec(np.dtype(np.int64), (-1,)) if env.discrete else TensorSpec(np.dtype(np.float32), (-1, env.action_dim))])
-    example = np.zeros((2, env.observation_dim), dtype=np.float32)
+    if env.observation.structured:
+        log.info("mlflow: no %s logged: MLflow's torch flavor takes one array, %s observations are a Dict or Tuple", name, env.id)
+        return None
+    observation = env.observation.parts[0]
+    example = example_input(policy)[0].numpy()
+    inputs = Schema([TensorSpec(example.dtype, (-1, *observation.shape))])
+    action_dtype = np.dtype(np.int64) if env.action.categorical else np.dtype(np.int8) if env.action.kind == "multi_binary" else np.dtype(np.float32)
+    outputs = Schema([TensorSpec(action_dtype, (-1, *env.action.shape))])
     active = mlflow.active_run()
     torch_requirement = "torch==" + __import__("torch").__version__.split("+")[0]
     if active is not None and active.info.run_id == run_id:

@@ -49,17 +49,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def record_gif(act, env_config, out: Path, seed: int, every: int = 2, width: int = 320, fps: float = 25.0) -> tuple[float, int, int]:
-    """Run one episode with ``act`` and write every ``every``-th rendered frame to ``out``; returns (return, length, frames)."""
+    """Run one episode with ``act(observation, info)`` and write every ``every``-th rendered frame to ``out``; returns (return, length, frames)."""
     import os
 
     for name, value in (("SDL_VIDEODRIVER", "dummy"), ("SDL_AUDIODRIVER", "dummy"), ("PYGAME_HIDE_SUPPORT_PROMPT", "1")):
         os.environ.setdefault(name, value)  # pygame (classic control) renders off-screen, quietly
-    import gymnasium as gym
     from PIL import Image
 
-    from ddrl.envs import _make_kwargs, _registered_id
+    from ddrl.envs import make_env
 
-    env = gym.make(_registered_id(env_config.id), render_mode="rgb_array", **_make_kwargs(env_config))
+    env = make_env(env_config, render_mode="rgb_array")
     images: list[Image.Image] = []
 
     def keep(frame: np.ndarray) -> None:
@@ -69,11 +68,11 @@ def record_gif(act, env_config, out: Path, seed: int, every: int = 2, width: int
         images.append(image)
 
     try:
-        observation, _ = env.reset(seed=seed)
+        observation, info = env.reset(seed=seed)
         keep(env.render())
         total, steps, done = 0.0, 0, False
         while not done:
-            observation, reward, terminated, truncated, _ = env.step(act(observation))
+            observation, reward, terminated, truncated, info = env.step(act(observation, info))
             total, steps, done = total + float(reward), steps + 1, terminated or truncated
             if steps % max(every, 1) == 0 or done:
                 keep(env.render())

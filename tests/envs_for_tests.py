@@ -59,6 +59,25 @@ class MultiDiscreteActionEnv(_Base):
     action_space = gym.spaces.MultiDiscrete([3, 2])
 
 
+class TextObservationEnv(_Base):
+    observation_space = gym.spaces.Text(8)
+
+
+class GraphObservationEnv(_Base):
+    observation_space = gym.spaces.Graph(node_space=gym.spaces.Box(-1.0, 1.0, shape=(2,)), edge_space=None)
+
+
+class TextActionEnv(_Base):
+    action_space = gym.spaces.Text(4)
+
+
+class MaskedBoxActionEnv(_Base):
+    """Box actions with an ``action_mask`` observation part: masks apply to categorical actions only."""
+
+    observation_space = gym.spaces.Dict({"x": gym.spaces.Box(-1.0, 1.0, shape=(2,)), "action_mask": gym.spaces.MultiBinary(2)})
+    action_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+
+
 class ShiftedDiscreteActionEnv(_Base):
     action_space = gym.spaces.Discrete(3, start=1)
 

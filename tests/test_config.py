@@ -115,7 +115,7 @@ BAD_DICTS = [
     ("gae-lambda-above-one", _with(ppo__gae_lambda=1.01), "ppo.gae_lambda"),
     ("num-steps-zero", _with(ppo__num_steps=0), "ppo.num_steps"),
     ("num-minibatches-negative", _with(ppo__num_minibatches=-1), "ppo.num_minibatches"),
-    ("hidden-sizes-empty", _with(ppo__hidden_sizes=[]), "ppo.hidden_sizes"),
+    ("hidden-sizes-zero-width", _with(ppo__hidden_sizes=[64, 0]), "ppo.hidden_sizes.1"),
     ("hidden-sizes-string-item", _with(ppo__hidden_sizes=[64, "wide"]), "ppo.hidden_sizes.1"),
     ("activation-unknown", _with(ppo__activation="gelu"), "ppo.activation"),
     ("anneal-lr-string", _with(ppo__anneal_lr="yes"), "ppo.anneal_lr"),
@@ -151,13 +151,17 @@ BAD_ENVS = [
     ("kwargs-unknown-to-registered-env", {"id": "CartPole-v1", "kwargs": {"bogus": 1}}, "env.kwargs"),
     ("kwargs-unknown-to-user-env", {"id": "envs_for_tests:TinyDiscreteEnv", "kwargs": {"width": 3}}, "env.kwargs"),
     ("kwargs-value-rejected", {"id": "envs_for_tests:TinyDiscreteEnv", "kwargs": {"size": 0}}, "env.kwargs"),
-    ("dict-observation-space", {"id": "envs_for_tests:DictObservationEnv"}, "env.id"),
-    ("image-observation-space", {"id": "envs_for_tests:ImageObservationEnv"}, "env.id"),
-    ("discrete-observation-space", {"id": "FrozenLake-v1"}, "env.id"),
-    ("multidiscrete-action-space", {"id": "envs_for_tests:MultiDiscreteActionEnv"}, "env.id"),
+    ("text-observation-space", {"id": "envs_for_tests:TextObservationEnv"}, "env.id"),
+    ("graph-observation-space", {"id": "envs_for_tests:GraphObservationEnv"}, "env.id"),
+    ("text-action-space", {"id": "envs_for_tests:TextActionEnv"}, "env.id"),
     ("discrete-actions-not-from-zero", {"id": "envs_for_tests:ShiftedDiscreteActionEnv"}, "env.id"),
     ("unbounded-box-actions", {"id": "envs_for_tests:UnboundedBoxActionEnv"}, "env.id"),
-    ("matrix-box-actions", {"id": "envs_for_tests:MatrixBoxActionEnv"}, "env.id"),
+    ("wrapper-module-does-not-import", {"id": "CartPole-v1", "wrappers": [{"class": "no_such_module_for_ddrl:Wrapper"}]}, "env.wrappers.0.class"),
+    ("wrapper-missing-from-module", {"id": "CartPole-v1", "wrappers": [{"class": "gymnasium.wrappers:NoSuchWrapper"}]}, "env.wrappers.0.class"),
+    ("wrapper-kwargs-rejected", {"id": "CartPole-v1", "wrappers": [{"class": "gymnasium.wrappers:TimeLimit", "kwargs": {"bogus": 1}}]}, "env.wrappers.0"),
+    ("mask-key-not-in-observation", {"id": "envs_for_tests:DictObservationEnv", "action_mask": "observation"}, "env.action_mask"),
+    ("mask-not-in-info", {"id": "CartPole-v1", "action_mask": "info"}, "env.action_mask"),
+    ("mask-on-box-actions", {"id": "envs_for_tests:MaskedBoxActionEnv"}, "env.action_mask"),
 ]
 
 BAD_FILES = [
@@ -272,9 +276,24 @@ def test_good_envs_are_described():
     assert (discrete.observation_dim, discrete.discrete, discrete.action_dim) == (5, True, 2)
     box = envs.describe(EnvConfig(id="envs_for_tests:TinyBoxEnv"))
     assert (box.observation_dim, box.discrete, box.action_dim) == (3, False, 2)
-    assert box.action_low == (-2.0, -2.0) and box.action_high == (2.0, 2.0)
+    assert box.action.low == (-2.0, -2.0) and box.action.high == (2.0, 2.0)
     pendulum = envs.describe(EnvConfig(id="Pendulum-v1"))
     assert (pendulum.observation_dim, pendulum.discrete, pendulum.action_dim) == (3, False, 1)
+
+
+def test_every_supported_space_is_described():
+    dict_env = envs.describe(EnvConfig(id="envs_for_tests:DictObservationEnv"))
+    assert dict_env.observation.structured and dict_env.observation_dim == 2 + 2  # a Box(2) and a one-hot Discrete(2)
+    assert [part.name for part in dict_env.observation.parts] == ["flag", "position"]  # gymnasium sorts Dict keys
+    image = envs.describe(EnvConfig(id="envs_for_tests:ImageObservationEnv"))
+    assert [(part.kind, part.image_shape, part.channels_last) for part in image.observation.parts] == [("image", (3, 8, 8), True)]
+    assert envs.describe(EnvConfig(id="FrozenLake-v1")).observation_dim == 16
+    multi = envs.describe(EnvConfig(id="envs_for_tests:MultiDiscreteActionEnv")).action
+    assert (multi.kind, multi.nvec, multi.output_dim) == ("multi_discrete", (3, 2), 5)
+    matrix = envs.describe(EnvConfig(id="envs_for_tests:MatrixBoxActionEnv")).action
+    assert (matrix.kind, matrix.shape, matrix.output_dim) == ("box", (2, 2), 4)
+    wrapped = envs.describe(EnvConfig(id="CartPole-v1", wrappers=[{"class": "gymnasium.wrappers:TimeAwareObservation"}]))
+    assert wrapped.observation_dim == 5
 
 
 def test_overrides_apply_with_yaml_types():

@@ -7,17 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 from conftest import small_es_config
 
 import ddrl
-from ddrl import checkpoint, envs, seeding
+from ddrl import checkpoint, envs, seeding, spaces
 from ddrl.algorithms import es
 from ddrl import config as config_module
 from ddrl.envs import EnvInfo
-from ddrl.policy import build_actor
+from ddrl.networks import build_actor
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,10 +70,10 @@ def test_task_slices_cover_every_direction_once():
 
 @pytest.mark.parametrize("hidden_sizes", [[], [8, 8]])
 def test_batched_forward_matches_the_torch_actor(hidden_sizes):
-    env = EnvInfo("test", 5, False, 3, (-1.0,) * 3, (1.0,) * 3)
+    env = EnvInfo("test", spaces.observation_spec(gym.spaces.Box(-1.0, 1.0, (5,))), spaces.action_spec(gym.spaces.Box(-1.0, 1.0, (3,))))
     architecture = {"hidden_sizes": hidden_sizes, "activation": "tanh"}
     rng = np.random.default_rng(1)
-    actors = [build_actor(env, architecture) for _ in range(4)]
+    actors = [build_actor(env.observation, env.action_dim, architecture) for _ in range(4)]
     params = np.stack([torch.nn.utils.parameters_to_vector(actor.parameters()).detach().numpy() for actor in actors])
     params += rng.standard_normal(params.shape).astype(np.float32)
     for actor, row in zip(actors, params):

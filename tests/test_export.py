@@ -15,7 +15,8 @@ from ddrl import config as config_module
 from ddrl import envs
 from ddrl.config import EnvConfig
 from ddrl.export import export_program, export_torchscript, serving_module
-from ddrl.policy import build_actor, load_policy, Policy
+from ddrl.networks import build_actor
+from ddrl.policy import load_policy, Policy
 
 
 pytestmark = [
@@ -28,7 +29,7 @@ def saved_policy(tmp_path, env_id: str, hidden_sizes: list[int], normalized: boo
     env = envs.describe(EnvConfig(id=env_id))
     torch.manual_seed(seed)
     architecture = {"hidden_sizes": hidden_sizes, "activation": "tanh"}
-    actor = build_actor(env, architecture)
+    actor = build_actor(env.observation, env.action_dim, architecture)
     with torch.no_grad():  # a trained-looking output layer (the init gain of 0.01 makes near-ties everywhere)
         actor[-1].weight.mul_(100.0 if env.discrete else 1000.0)
     rng = np.random.default_rng(seed)

@@ -68,7 +68,7 @@ def test_env_infos(env_info):
         assert (env_info.observation_dim, env_info.discrete, env_info.action_dim) == (4, True, 2)
     else:
         assert (env_info.observation_dim, env_info.discrete, env_info.action_dim) == (3, False, 1)
-        assert env_info.action_low == (-2.0,) and env_info.action_high == (2.0,)
+        assert env_info.action.low == (-2.0,) and env_info.action.high == (2.0,)
 
 
 def test_flat_parameters_cover_every_parameter(env_info):
@@ -95,11 +95,12 @@ def test_loaded_model_computes_what_the_original_does(env_info):
     load_flat_parameters(target, flat_parameters(source))
     np.testing.assert_array_equal(flat_parameters(target), flat_parameters(source))
     obs = torch.from_numpy(_observations(env_info))
+    features = {"vector": obs}
     with torch.no_grad():
-        np.testing.assert_array_equal(target.value(obs).numpy(), source.value(obs).numpy())
+        np.testing.assert_array_equal(target.value(features).numpy(), source.value(features).numpy())
         np.testing.assert_array_equal(target.actor(obs).numpy(), source.actor(obs).numpy())
         actions = torch.zeros(len(obs), dtype=torch.long) if env_info.discrete else torch.zeros(len(obs), env_info.action_dim)
-        for got, want in zip(target.log_prob_and_entropy(obs, actions), source.log_prob_and_entropy(obs, actions)):
+        for got, want in zip(target.log_prob_and_entropy(features, actions), source.log_prob_and_entropy(features, actions)):
             np.testing.assert_array_equal(got.numpy(), want.numpy())
 
 
@@ -188,7 +189,7 @@ def _policy(env_info, normalized: bool) -> Policy:
     rng = np.random.default_rng(3)
     mean = rng.normal(size=env_info.observation_dim) if normalized else None
     variance = rng.uniform(0.5, 3.0, size=env_info.observation_dim) if normalized else None
-    return Policy(model.actor, env_info, ActorCritic.architecture(Hyperparameters(hidden_sizes=[16, 8], activation="relu")), mean, variance)
+    return Policy(model.actor, env_info, ActorCritic.architecture(Hyperparameters(hidden_sizes=[16, 8], activation="relu"), env_info), mean, variance)
 
 
 @pytest.mark.parametrize("normalized", [False, True], ids=["raw", "normalized"])
@@ -207,7 +208,7 @@ def test_policy_save_load_gives_identical_actions(env_info, normalized, tmp_path
         assert len(np.unique(actions)) > 1  # the test observations reach more than one action
     else:
         assert actions.dtype == np.float32 and actions.shape == (200, env_info.action_dim)
-        assert np.all(actions >= env_info.action_low[0]) and np.all(actions <= env_info.action_high[0])
+        assert np.all(actions >= env_info.action.low[0]) and np.all(actions <= env_info.action.high[0])
     # One observation gives one action (torch may round a batch of one differently from a batch of 200).
     single = loaded.act(obs[7])
     assert single.shape == actions[7].shape
@@ -260,7 +261,7 @@ def test_policy_files_are_safetensors_and_json(tmp_path):
     assert {"observation_mean", "observation_variance"} <= set(tensors)
     assert all(key.startswith("actor.") for key in tensors if not key.startswith("observation_"))
     spec = json.loads((tmp_path / POLICY_SPEC).read_text())
-    assert spec["format"] == 1 and spec["env"]["id"] == "Pendulum-v1"
+    assert spec["format"] == 2 and spec["env"]["id"] == "Pendulum-v1"
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted([POLICY_WEIGHTS, POLICY_SPEC])  # no temp files
 
 

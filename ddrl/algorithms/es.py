@@ -19,8 +19,10 @@ Both search directly in parameter space with mirrored (antithetic) Gaussian pert
    Either way the noise is regenerated from the seeds: N x n random normals per iteration on the driver for
    n parameters.  It then folds the tasks' observation moments into the normalizer (Chan et al., task order).
 
-Policies are ``ddrl.policy`` MLPs (``hidden_sizes: []`` is ARS's linear policy, started at zero), acting
-deterministically: argmax for Discrete actions, the clipped output for Box.  Rollouts step a whole vector env
+Policies are ``ddrl.networks`` MLPs over the observation's vector features (``hidden_sizes: []`` is ARS's linear
+policy, started at zero), acting deterministically by the action space's greedy rule (``ddrl.spaces``: argmax,
+per-dimension argmax, logit > 0, or the clipped output; masked envs' invalid actions never taken).  Image
+observations need PPO's CNNs.  Rollouts step a whole vector env
 with one perturbation per sub-env, the batched forward pass written in NumPy (one weight matrix per sub-env).
 """
 
@@ -29,7 +31,7 @@ from __future__ import annotations
 import abc
 import math
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -41,7 +43,8 @@ from ddrl.config import Config, ConfigError, StrictModel
 from ddrl.envs import EnvInfo
 from ddrl.merge import MergedResult, TaskOutput
 from ddrl.normalizer import Moments, normalize
-from ddrl.policy import Policy, build_actor
+from ddrl.networks import build_actor
+from ddrl.policy import Policy
 from ddrl.seeding import Stream, derive_seed, task_slice
 
 ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON = 0.9, 0.999, 1e-8
@@ -61,7 +64,7 @@ class Hyperparameters(StrictModel):
         None, gt=0, description="Cap episodes at this multiple of last iteration's mean episode length (OpenAI used 2)."
     )
     reward_shift: float = Field(0.0, description="Subtracted from every training reward (ARS removes Hopper's survival bonus).")
-    hidden_sizes: list[int] = Field(default_factory=list, description="[] is a linear policy.")
+    hidden_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list, description="[] is a linear policy.")
     activation: Literal["tanh", "relu"] = "tanh"
     normalize_observation: bool = Field(True, description="Policies act on observations standardized by the running moments.")
 
@@ -174,7 +177,7 @@ class EvolutionStrategy(abc.ABC):
         """Zero parameters for a linear policy (as in ARS), ``build_actor``'s initialization for an MLP."""
         if self.hp.hidden_sizes:
             torch.manual_seed(derive_seed(self.config.seed, 0, 0, Stream.INITIALIZATION))
-            actor = build_actor(self.env, self.architecture)
+            actor = build_actor(self.env.observation, self.env.action_dim, self.architecture)
             params = torch.nn.utils.parameters_to_vector(actor.parameters()).detach().numpy().astype(np.float32)
         else:
             params = np.zeros(self.num_params, dtype=np.float32)
@@ -254,7 +257,7 @@ class EvolutionStrategy(abc.ABC):
         return self._policy(payload["params"], payload["obs_mean"], payload["obs_variance"])
 
     def _policy(self, params: np.ndarray, obs_mean: np.ndarray, obs_variance: np.ndarray) -> Policy:
-        actor = build_actor(self.env, self.architecture, initialize=False)
+        actor = build_actor(self.env.observation, self.env.action_dim, self.architecture, initialize=False)
         torch.nn.utils.vector_to_parameters(torch.as_tensor(params, dtype=torch.float32), actor.parameters())
         normalized = self.hp.normalize_observation
         return Policy(actor, self.env, self.architecture, obs_mean if normalized else None, obs_variance if normalized else None)
@@ -330,16 +333,17 @@ class EvolutionStrategy(abc.ABC):
         lengths = np.zeros(num_envs, dtype=np.int64)
         running = np.arange(num_envs) < active
         seen = []
-        raw_obs, _ = vector_env.reset(seed=env_seed)
+        observation, info = vector_env.reset(seed=env_seed)
         while running.any():
+            raw_obs = env.observation.features(observation)["vector"]
             seen.append(raw_obs[running])
             if self.hp.normalize_observation:
-                obs = normalize(raw_obs, payload["obs_mean"], payload["obs_variance"])
+                obs = normalize(raw_obs, payload["obs_mean"], payload["obs_variance"], env.observation.normalized)
             else:
                 obs = raw_obs.astype(np.float32)
             output = batched_forward(params, obs, self.shapes, self.hp.activation)
-            action = output.argmax(axis=1) if env.discrete else np.clip(output, env.action_low, env.action_high).astype(np.float32)
-            raw_obs, reward, terminated, truncated, _ = vector_env.step(action)
+            action = env.action.greedy(output, env.mask(observation, info))
+            observation, reward, terminated, truncated, info = vector_env.step(action)
             returns += np.where(running, reward, 0.0)
             lengths += running
             running &= ~(terminated | truncated)
@@ -420,6 +424,13 @@ def check(config: Config) -> None:
             f"es.num_directions: {config.hyperparameters.num_directions} directions cannot keep "
             f"spark.num_tasks={config.spark.num_tasks} tasks busy; use at least as many directions as tasks"
         )
+
+
+def check_env(config: Config, env: EnvInfo) -> None:
+    """Checks of the env's spaces against the config, run when a run is opened (before Spark starts)."""
+    if env.observation.images:
+        raise ConfigError(f"env.id: {config.env.id} has image observations; ES perturbs every parameter and acts with an MLP "
+                          "on the vector features: use algo ppo, whose CNN encoders read images")
 
 
 def build(config: Config, env: EnvInfo) -> EvolutionStrategy:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -34,7 +34,8 @@ from ddrl.config import Config, StrictModel
 from ddrl.envs import EnvInfo
 from ddrl.merge import BYTES_PER_FIXED_VALUE, BYTES_PER_WEIGHTED_VALUE, FixedPoint, MergedResult, TaskOutput
 from ddrl.normalizer import EPSILON, Moments, standardize
-from ddrl.policy import Policy, build_actor, mlp
+from ddrl.networks import build_encoders, forward, linear_layers, network, resolve_cnn
+from ddrl.policy import Policy
 from ddrl.seeding import Stream, derive_seed
 
 
@@ -55,8 +56,12 @@ class Hyperparameters(StrictModel):
     vf_coef: float = Field(0.5, ge=0)
     max_grad_norm: float = Field(0.5, gt=0)
     target_kl: float | None = Field(None, gt=0, description="Stop a task's epochs early above this approx KL.")
-    hidden_sizes: list[int] = Field(default_factory=lambda: [64, 64], min_length=1)
+    hidden_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [64, 64], description="The MLP after the features ([]: linear heads).")
     activation: Literal["tanh", "relu"] = "tanh"
+    cnn: Literal["auto", "nature", "small"] = Field(
+        "auto", description="The CNN of image observations: Nature CNN (Atari-sized), MinAtar's one layer (small "
+        "grids), or auto: nature from 36x36 pixels up (ddrl.networks).  Actor and critic share it."
+    )
     log_std_init: float = Field(0.0, ge=-5, le=2, description="Initial log std of Gaussian actions.")
     ortho_init: bool = Field(True, description="Orthogonal initialization (CleanRL's and SB3's default); false keeps "
                              "torch's default initialization, as rl-zoo's tuned MuJoCo settings do.")
@@ -72,37 +77,33 @@ class Hyperparameters(StrictModel):
 
 
 class ActorCritic(nn.Module):
-    """Separate actor and critic MLPs; a categorical head for Discrete actions, a diagonal Gaussian for Box."""
+    """Separate actor and critic MLPs over the observation's features (sharing the CNN of image observations);
+    the actor's head is the action space's (``ddrl.spaces``), a diagonal Gaussian with a state-independent
+    log std for Box actions."""
 
     def __init__(self, env: EnvInfo, hp: Hyperparameters, initialize: bool = True) -> None:
         """``initialize=False`` keeps torch's default initialization: for ``ortho_init: false``, and for loading
         trained weights right after."""
         super().__init__()
-        self.discrete = env.discrete
-        self.critic = mlp(env.observation_dim, hp.hidden_sizes, 1, hp.activation, 1.0, initialize)
-        self.actor = build_actor(env, self.architecture(hp), initialize)
-        if not env.discrete:
+        self.action = env.action
+        architecture = self.architecture(hp, env)
+        encoders = build_encoders(env.observation, architecture["cnn"], initialize)
+        self.critic = network(env.observation, encoders, architecture, 1, 1.0, initialize)
+        self.actor = network(env.observation, encoders, architecture, env.action_dim, 0.01, initialize)
+        if env.action.kind == "box":
             self.log_std = nn.Parameter(torch.full((env.action_dim,), hp.log_std_init))
 
     @staticmethod
-    def architecture(hp: Hyperparameters) -> dict[str, Any]:
-        return {"hidden_sizes": list(hp.hidden_sizes), "activation": hp.activation}
+    def architecture(hp: Hyperparameters, env: EnvInfo) -> dict[str, Any]:
+        return {"hidden_sizes": list(hp.hidden_sizes), "activation": hp.activation, "cnn": resolve_cnn(env.observation, hp.cnn)}
 
-    def value(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.critic(obs).squeeze(-1)
+    def value(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return forward(self.critic, features).squeeze(-1)
 
-    def log_prob_and_entropy(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.discrete:
-            log_probs = torch.log_softmax(self.actor(obs), -1)
-            log_prob = log_probs.gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
-            return log_prob, -(log_probs.exp() * log_probs).sum(-1)
-        mean = self.actor(obs)
-        entropy = (self.log_std + 0.5 * math.log(2 * math.pi * math.e)).sum(-1).expand(len(mean))
-        return self._gaussian_log_prob(mean, action), entropy
-
-    def _gaussian_log_prob(self, mean: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        std = self.log_std.exp()
-        return (-0.5 * ((action - mean) / std) ** 2 - self.log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+    def log_prob_and_entropy(
+        self, features: dict[str, torch.Tensor], action: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.action.log_prob_and_entropy(forward(self.actor, features), action, mask, getattr(self, "log_std", None))
 
 
 def flat_parameters(module: nn.Module) -> np.ndarray:
@@ -113,9 +114,10 @@ def load_flat_parameters(module: nn.Module, flat: np.ndarray) -> None:
     nn.utils.vector_to_parameters(torch.tensor(flat, dtype=torch.float32), module.parameters())
 
 
-def numpy_actor(actor: nn.Sequential) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The actor's layers as (weight transposed, bias) NumPy views, for rollout steps without torch's per-call cost."""
-    return [(layer.weight.detach().numpy().T, layer.bias.detach().numpy()) for layer in actor if isinstance(layer, nn.Linear)]
+def numpy_actor(actor: nn.Module) -> list[tuple[np.ndarray, np.ndarray]]:
+    """An MLP actor's layers as (weight transposed, bias) NumPy views, for rollout steps without torch's per-call
+    cost; empty for an actor with CNN encoders, which runs in torch."""
+    return [(layer.weight.detach().numpy().T, layer.bias.detach().numpy()) for layer in linear_layers(actor)]
 
 
 def actor_forward(layers: list[tuple[np.ndarray, np.ndarray]], obs: np.ndarray, activation: str) -> np.ndarray:
@@ -126,31 +128,6 @@ def actor_forward(layers: list[tuple[np.ndarray, np.ndarray]], obs: np.ndarray, 
         hidden = np.tanh(hidden, out=hidden) if activation == "tanh" else np.maximum(hidden, 0.0, out=hidden)
     weight_t, bias = layers[-1]
     return hidden @ weight_t + bias
-
-
-def noisy_actions(
-    layers: list[tuple[np.ndarray, np.ndarray]],
-    obs: np.ndarray,
-    noise: np.ndarray,
-    activation: str,
-    bounds: tuple[np.ndarray, np.ndarray] | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """One rollout step: the sampled actions, and the actions the env receives.
-
-    Discrete (``bounds`` None): Gumbel-max, argmax(logits + Gumbel noise), a sample of softmax(logits).  Box:
-    mean + std * normal noise (``noise`` comes scaled by std), clipped to ``bounds`` for the env only.
-    """
-    output = actor_forward(layers, obs, activation) + noise
-    if bounds is None:
-        actions = output.argmax(axis=1)
-        return actions, actions
-    low, high = bounds
-    return output, np.minimum(np.maximum(output, low), high)
-
-
-def action_bounds(env: EnvInfo) -> tuple[np.ndarray, np.ndarray] | None:
-    """``noisy_actions``' bounds for ``env``: None for Discrete actions, else (low, high) arrays."""
-    return None if env.discrete else (np.array(env.action_low), np.array(env.action_high))
 
 
 LOSSES = ("pg_loss", "v_loss", "entropy", "approx_kl", "clipfrac")
@@ -190,8 +167,10 @@ def compute_gae(
 class EnvCursor:
     """Where each of a task's envs stands between rounds, so that episodes go on from one round to the next."""
 
-    observation: np.ndarray
-    """The raw observation each env returned last."""
+    features: dict[str, np.ndarray]
+    """The features of the raw observation each env returned last (``ddrl.spaces``; the vector unstandardized)."""
+    mask: np.ndarray | None
+    """The valid-action mask that came with it (None: the env has no masks)."""
     ended: np.ndarray
     """Whether that step ended an episode: the env's next step only resets it."""
     episode_return: np.ndarray
@@ -200,23 +179,26 @@ class EnvCursor:
     """The running discounted return of the episode in progress (reward scaling's statistic)."""
 
     @staticmethod
-    def reset(vector_env: Any, seed: int) -> "EnvCursor":
-        observation, _ = vector_env.reset(seed=seed)
-        zeros = np.zeros(len(observation))
-        return EnvCursor(np.asarray(observation, dtype=np.float64), zeros.astype(bool), zeros, zeros.astype(np.int64), zeros)
+    def reset(vector_env: Any, seed: int, env: EnvInfo) -> "EnvCursor":
+        observation, info = vector_env.reset(seed=seed)
+        zeros = np.zeros(vector_env.num_envs)
+        return EnvCursor(env.observation.features(observation), env.mask(observation, info), zeros.astype(bool), zeros, zeros.astype(np.int64), zeros)
 
 
 @dataclasses.dataclass(frozen=True)
 class Batch:
     """One round's transitions (the valid steps only) for the update, and what the driver's statistics need."""
 
-    obs: torch.Tensor
+    features: dict[str, torch.Tensor]
+    """The policy's inputs: the standardized vector features and the images."""
+    masks: torch.Tensor | None
     actions: torch.Tensor
     log_probs: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
     values: torch.Tensor
     raw_observations: np.ndarray
+    """The unstandardized vector features, for the observation moments."""
     discounted_returns: np.ndarray
     episode_returns: np.ndarray
     episode_lengths: np.ndarray
@@ -235,30 +217,41 @@ def collect_round(
 ) -> tuple[Batch, EnvCursor]:
     """num_steps steps of every env with the current policy, from where ``cursor`` left them.
 
-    Per step only the actor runs, in NumPy with noise drawn up front (torch's per-call cost is larger than a
-    CartPole step); values and log-probs come from one batched torch pass afterwards.
+    Per step only the actor runs, in NumPy for an MLP with noise drawn up front (torch's per-call cost is larger
+    than a CartPole step); values and log-probs come from one batched torch pass afterwards.
     """
-    num_steps, num_envs, obs_dim = hp.num_steps, len(cursor.observation), env.observation_dim
-    if env.discrete:
-        noise = rng.gumbel(size=(num_steps, num_envs, env.action_dim)).astype(np.float32)
-        actions = np.zeros((num_steps, num_envs), dtype=np.int64)
-    else:
-        noise = rng.standard_normal((num_steps, num_envs, env.action_dim), dtype=np.float32)
+    num_steps, num_envs, obs_dim = hp.num_steps, len(cursor.ended), env.observation_dim
+    noise = env.action.noise(rng, (num_steps, num_envs))
+    if env.action.kind == "box":
         noise *= np.exp(model.log_std.detach().numpy())
-        actions = np.zeros((num_steps, num_envs, env.action_dim), dtype=np.float32)
-    layers, bounds = numpy_actor(model.actor), action_bounds(env)
+    actions = np.zeros((num_steps, num_envs, *env.action.stored_shape), dtype=np.int64 if env.action.categorical else np.float32)
+    layers = numpy_actor(model.actor)
     raw_observations = np.zeros((num_steps + 1, num_envs, obs_dim))
     observations = np.zeros((num_steps + 1, num_envs, obs_dim), dtype=np.float32)
+    images = {name: np.zeros((num_steps + 1, *value.shape), value.dtype) for name, value in cursor.features.items() if name != "vector"}
+    masks = None if cursor.mask is None else np.ones((num_steps + 1, num_envs, env.action_dim), dtype=bool)
     rewards = np.zeros((num_steps, num_envs))
     terminated = np.zeros((num_steps, num_envs), dtype=bool)
     truncated = np.zeros((num_steps, num_envs), dtype=bool)
 
-    raw_observations[0] = cursor.observation
+    def record(t: int, features: dict[str, np.ndarray], mask: np.ndarray | None) -> None:
+        raw_observations[t] = features["vector"]
+        observations[t] = _policy_input(features["vector"], hp, obs_mean, obs_std, env)
+        for name in images:
+            images[name][t] = features[name]
+        if masks is not None and mask is not None:
+            masks[t] = mask
+
+    record(0, cursor.features, cursor.mask)
     for t in range(num_steps):
-        observations[t] = _policy_input(raw_observations[t], hp, obs_mean, obs_std)
-        actions[t], env_action = noisy_actions(layers, observations[t], noise[t], hp.activation, bounds)
-        raw_observations[t + 1], rewards[t], terminated[t], truncated[t], _ = vector_env.step(env_action)
-    observations[num_steps] = _policy_input(raw_observations[num_steps], hp, obs_mean, obs_std)
+        if layers:
+            output = actor_forward(layers, observations[t], hp.activation)
+        else:
+            with torch.inference_mode():
+                output = forward(model.actor, _tensors(observations[t], {name: value[t] for name, value in images.items()})).numpy()
+        actions[t], env_action = env.action.sample(output, noise[t], None if masks is None else masks[t])
+        observation, rewards[t], terminated[t], truncated[t], info = vector_env.step(env_action)
+        record(t + 1, env.observation.features(observation), env.mask(observation, info))
 
     # With NEXT_STEP autoreset, the step after an episode ends only resets that env (reward 0, not done): it is
     # not a transition.  That includes a round's first step when the previous round's last step ended an episode.
@@ -274,17 +267,21 @@ def collect_round(
         discounted_returns = discounted_returns[valid]
     else:  # the statistic is not needed: skip its loop over the steps
         discounted_returns, running_discounted = np.zeros(0), cursor.discounted_return
+    all_features = _tensors(observations.reshape(-1, obs_dim), {name: value.reshape(-1, *value.shape[2:]) for name, value in images.items()})
     with torch.inference_mode():
-        all_values = model.value(torch.from_numpy(observations.reshape(-1, obs_dim))).numpy().reshape(num_steps + 1, num_envs)
+        all_values = model.value(all_features).numpy().reshape(num_steps + 1, num_envs)
     values, next_values = all_values[:-1].astype(np.float64), all_values[1:].astype(np.float64)
     advantages = compute_gae(rewards * reward_scale, values, next_values, terminated, truncated, hp.gamma, hp.gae_lambda)
     keep = valid.reshape(-1)
-    b_obs = torch.from_numpy(observations[:-1].reshape(-1, obs_dim)[keep])
-    b_actions = torch.from_numpy(actions.reshape(len(keep), *actions.shape[2:])[keep])
+    steps = num_steps * num_envs  # the first num_steps x num_envs rows: the observations acted on
+    b_features = {name: value[:steps][torch.from_numpy(keep)] for name, value in all_features.items()}
+    b_masks = None if masks is None else torch.from_numpy(masks[:-1].reshape(steps, -1)[keep])
+    b_actions = torch.from_numpy(actions.reshape(steps, *actions.shape[2:])[keep])
     with torch.no_grad():
-        b_log_probs = model.log_prob_and_entropy(b_obs, b_actions)[0]
+        b_log_probs = model.log_prob_and_entropy(b_features, b_actions, b_masks)[0]
     batch = Batch(
-        obs=b_obs,
+        features=b_features,
+        masks=b_masks,
         actions=b_actions,
         log_probs=b_log_probs,
         advantages=torch.from_numpy(advantages.reshape(-1)[keep]).float(),
@@ -295,21 +292,29 @@ def collect_round(
         episode_returns=episode_returns,
         episode_lengths=episode_lengths,
     )
-    return batch, EnvCursor(raw_observations[num_steps], done[-1], running_return, running_length, running_discounted)
+    last = {"vector": raw_observations[num_steps], **{name: value[num_steps] for name, value in images.items()}}
+    cursor = EnvCursor(last, None if masks is None else masks[num_steps], done[-1], running_return, running_length, running_discounted)
+    return batch, cursor
+
+
+def _tensors(vector: np.ndarray, images: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {"vector": torch.from_numpy(vector), **{name: torch.from_numpy(value) for name, value in images.items()}}
 
 
 def ppo_update(model: "ActorCritic", optimizer: torch.optim.Adam, batch: Batch, hp: Hyperparameters, stats: dict[str, list[float]]) -> int:
     """update_epochs x num_minibatches Adam steps on the clipped surrogate objective; appends to ``stats``,
     returns the number of steps taken."""
-    batch_size = len(batch.obs)
+    batch_size = len(batch.actions)
     minibatch_size = max(batch_size // hp.num_minibatches, 1)
     updates = 0
     for _ in range(hp.update_epochs):
         order = torch.randperm(batch_size)
         for start in range(0, minibatch_size * hp.num_minibatches, minibatch_size):
             mb = order[start : start + minibatch_size]
-            new_log_prob, entropy = model.log_prob_and_entropy(batch.obs[mb], batch.actions[mb])
-            new_value = model.value(batch.obs[mb])
+            mb_features = {name: value[mb] for name, value in batch.features.items()}
+            mb_masks = None if batch.masks is None else batch.masks[mb]
+            new_log_prob, entropy = model.log_prob_and_entropy(mb_features, batch.actions[mb], mb_masks)
+            new_value = model.value(mb_features)
             log_ratio = new_log_prob - batch.log_probs[mb]
             ratio = log_ratio.exp()
             with torch.no_grad():
@@ -448,7 +453,8 @@ class PPO:
         model = ActorCritic(self.env, self.hp, initialize=False)
         load_flat_parameters(model, params)
         normalized = self.hp.normalize_observation
-        return Policy(model.actor, self.env, ActorCritic.architecture(self.hp), obs_mean if normalized else None, obs_variance if normalized else None)
+        architecture = ActorCritic.architecture(self.hp, self.env)
+        return Policy(model.actor, self.env, architecture, obs_mean if normalized else None, obs_variance if normalized else None)
 
     def task_result_bytes(self) -> int:
         """The parameter change as one int64 a parameter; with ``adam_moments: average`` both moments as limbs."""
@@ -467,7 +473,7 @@ class PPO:
         rng = np.random.default_rng(seed)
 
         # ---- local_rounds rounds of rollout and update, the envs going on where the last round left them
-        cursor = EnvCursor.reset(vector_env, seed)
+        cursor = EnvCursor.reset(vector_env, seed, self.env)
         stats: dict[str, list[float]] = {name: [] for name in LOSSES}
         explained, updates, rollout_seconds, update_seconds, samples = [], 0, 0.0, 0.0, 0
         # What the driver's statistics need from each round; the round's training batch itself is dropped.
@@ -480,7 +486,7 @@ class PPO:
             optimizer.param_groups[0]["lr"] = learning_rate
             updates += ppo_update(model, optimizer, batch, hp, stats)
             update_seconds += time.perf_counter() - started
-            samples += len(batch.obs)
+            samples += len(batch.actions)
             explained.append(explained_variance(batch))
             seen_observations.append(batch.raw_observations)
             discounted_returns.append(batch.discounted_returns)
@@ -536,8 +542,8 @@ class PPO:
 _WORKER_CACHE: dict[tuple[str, str], tuple[Any, ActorCritic, torch.optim.Adam]] = {}
 
 
-def _policy_input(raw_obs: np.ndarray, hp: Hyperparameters, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    return standardize(raw_obs, mean, std) if hp.normalize_observation else raw_obs
+def _policy_input(raw_obs: np.ndarray, hp: Hyperparameters, mean: np.ndarray, std: np.ndarray, env: EnvInfo) -> np.ndarray:
+    return standardize(raw_obs, mean, std, env.observation.normalized) if hp.normalize_observation else raw_obs
 
 
 def _finished_episodes(

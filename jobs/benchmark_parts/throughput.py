@@ -44,21 +44,21 @@ def raw_env_rate(env_config: Any, num_envs: int, seconds: float, repetitions: in
 
 
 def policy_step_seconds(config: Any, repetitions: int) -> float:
-    """Median seconds of one rollout step's policy work in ddrl's PPO (``ddrl.algorithms.ppo.noisy_actions`` on num_envs
-    observations: the NumPy actor and the action draw)."""
+    """Median seconds of one rollout step's policy work in ddrl's PPO on num_envs observations: the NumPy actor
+    (``ddrl.algorithms.ppo.actor_forward``) and the action draw (``ddrl.spaces.ActionSpec.sample``)."""
     from ddrl import envs
-    from ddrl.algorithms.ppo import ActorCritic, action_bounds, noisy_actions, numpy_actor
+    from ddrl.algorithms.ppo import ActorCritic, actor_forward, numpy_actor
 
     env = envs.describe(config.env)
     hp = config.hyperparameters
-    layers, bounds = numpy_actor(ActorCritic(env, hp).actor), action_bounds(env)
+    layers = numpy_actor(ActorCritic(env, hp).actor)
     obs = np.zeros((config.env.num_envs, env.observation_dim), dtype=np.float32)
     noise = np.zeros((config.env.num_envs, env.action_dim), dtype=np.float32)
     calls = 2000
 
     def steps() -> None:
         for _ in range(calls):
-            noisy_actions(layers, obs, noise, hp.activation, bounds)
+            env.action.sample(actor_forward(layers, obs, hp.activation), noise, None)
 
     seconds, _ = timed(steps, repetitions)
     return seconds / calls
