@@ -56,11 +56,12 @@ class ServingPolicy(nn.Module):
         self.part_start = [list(part.start) for part in spec.parts]
         self.part_layout = [_image_layout(part) for part in spec.parts]
         self.clip = float(CLIP)
-        self.normalized = policy.observation_mean is not None
         dim = spec.vector_dim
-        mean = policy.observation_mean if self.normalized else np.zeros(dim)
-        variance = policy.observation_variance if self.normalized else np.ones(dim)
-        where = spec.normalized if spec.normalized is not None else np.ones(dim, dtype=bool)
+        self.normalized = policy.observation_mean is not None and dim > 0
+        # Placeholders of one entry where nothing is standardized: torch.export cannot save empty buffers.
+        mean = policy.observation_mean if self.normalized else np.zeros(max(dim, 1))
+        variance = policy.observation_variance if self.normalized else np.ones(max(dim, 1))
+        where = spec.normalized if spec.normalized is not None else np.ones(max(dim, 1), dtype=bool)
         self.register_buffer("observation_mean", torch.as_tensor(np.asarray(mean, dtype=np.float64)))
         self.register_buffer("observation_scale", torch.as_tensor(np.sqrt(np.asarray(variance, dtype=np.float64) + EPSILON)))
         self.register_buffer("standardized_features", torch.as_tensor(where))

@@ -127,3 +127,120 @@ class FixedLengthEnv(gym.Env):
 
     def _observation(self):
         return np.array([self.t / self.length, self.np_random.uniform()], dtype=np.float32)
+
+
+class _OneStep(gym.Env):
+    """One-step episodes: observe, act once, get the reward.  Subclasses define the spaces, the observation drawn
+    from the env's seeded generator, and the reward of an action."""
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.state = self._draw()
+        return self._observation(), self._info()
+
+    def step(self, action):
+        reward = self._reward(action)
+        self.state = self._draw()
+        return self._observation(), reward, True, False, self._info()
+
+    def _info(self):
+        return {}
+
+
+class SideOfTheLightEnv(_OneStep):
+    """A 10x10 RGB frame (channels last, uint8) with one lit pixel: action 0 if it is in the left half, 1 if in the
+    right half.  A random policy scores 0.5; reading the image scores 1."""
+
+    observation_space = gym.spaces.Box(0, 255, shape=(10, 10, 3), dtype=np.uint8)
+    action_space = gym.spaces.Discrete(2)
+
+    def _draw(self):
+        return self.np_random.integers(0, 10, size=2)
+
+    def _observation(self):
+        frame = np.zeros((10, 10, 3), dtype=np.uint8)
+        frame[self.state[0], self.state[1]] = 255
+        return frame
+
+    def _reward(self, action):
+        return float(int(action) == int(self.state[1] >= 5))
+
+
+class PickTwoEnv(_OneStep):
+    """Dict observations (a Discrete 'target' and a Box 'offset') and MultiDiscrete([3, 2]) actions: one point for
+    naming the target, one for the offset's sign.  A random policy scores 5/6."""
+
+    observation_space = gym.spaces.Dict({"target": gym.spaces.Discrete(3), "offset": gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)})
+    action_space = gym.spaces.MultiDiscrete([3, 2])
+
+    def _draw(self):
+        return int(self.np_random.integers(3)), self.np_random.uniform(-1.0, 1.0, size=1).astype(np.float32)
+
+    def _observation(self):
+        return {"target": self.state[0], "offset": self.state[1]}
+
+    def _reward(self, action):
+        return float(int(action[0]) == self.state[0]) + float(int(action[1]) == int(self.state[1][0] > 0))
+
+
+class CopyBitsEnv(_OneStep):
+    """Three bits in (MultiBinary observations), the same three bits out (MultiBinary actions): a point each."""
+
+    observation_space = gym.spaces.MultiBinary(3)
+    action_space = gym.spaces.MultiBinary(3)
+
+    def _draw(self):
+        return self.np_random.integers(0, 2, size=3).astype(np.int8)
+
+    def _observation(self):
+        return self.state.copy()
+
+    def _reward(self, action):
+        return float(np.sum(np.asarray(action) == self.state))
+
+
+class MaskedPickEnv(_OneStep):
+    """Discrete(4) actions of which a random two or three are valid each step (``info['action_mask']``); a valid
+    action scores 1 and the highest valid one 2.  An invalid action raises: a run that completes never took one."""
+
+    observation_space = gym.spaces.Box(0.0, 1.0, shape=(4,), dtype=np.float32)
+    action_space = gym.spaces.Discrete(4)
+
+    def _draw(self):
+        mask = np.ones(4, dtype=np.int8)
+        mask[self.np_random.choice(4, size=int(self.np_random.integers(1, 3)), replace=False)] = 0
+        return mask
+
+    def _observation(self):
+        return self.state.astype(np.float32)
+
+    def _info(self):
+        return {"action_mask": self.state.copy()}
+
+    def _reward(self, action):
+        if not self.state[int(action)]:
+            raise ValueError(f"invalid action {action} taken under mask {self.state}")
+        return 2.0 if int(action) == int(np.flatnonzero(self.state)[-1]) else 1.0
+
+
+class MaskedMultiPickEnv(_OneStep):
+    """MultiDiscrete([3, 3]) actions with their mask as an observation part ('action_mask', 6 entries, one value
+    valid in each dimension); an invalid value raises, so any completed episode scores 2."""
+
+    observation_space = gym.spaces.Dict({"action_mask": gym.spaces.MultiBinary(6), "noise": gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)})
+    action_space = gym.spaces.MultiDiscrete([3, 3])
+
+    def _draw(self):
+        mask = np.zeros(6, dtype=np.int8)
+        for dimension in range(2):
+            mask[3 * dimension + int(self.np_random.integers(3))] = 1
+        return mask
+
+    def _observation(self):
+        return {"action_mask": self.state.copy(), "noise": self.np_random.uniform(-1.0, 1.0, size=2).astype(np.float32)}
+
+    def _reward(self, action):
+        for dimension, value in enumerate(np.asarray(action)):
+            if not self.state[3 * dimension + int(value)]:
+                raise ValueError(f"invalid action {action} taken under mask {self.state}")
+        return 2.0

@@ -267,7 +267,8 @@ def collect_round(
         discounted_returns = discounted_returns[valid]
     else:  # the statistic is not needed: skip its loop over the steps
         discounted_returns, running_discounted = np.zeros(0), cursor.discounted_return
-    all_features = _tensors(observations.reshape(-1, obs_dim), {name: value.reshape(-1, *value.shape[2:]) for name, value in images.items()})
+    rows = (num_steps + 1) * num_envs
+    all_features = _tensors(observations.reshape(rows, obs_dim), {name: value.reshape(rows, *value.shape[2:]) for name, value in images.items()})
     with torch.inference_mode():
         all_values = model.value(all_features).numpy().reshape(num_steps + 1, num_envs)
     values, next_values = all_values[:-1].astype(np.float64), all_values[1:].astype(np.float64)
