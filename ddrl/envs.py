@@ -226,7 +226,8 @@ def _wrappers(env: EnvConfig) -> list[Callable[[gym.Env], gym.Env]]:
 
 
 def _registered_id(env_id: str) -> str:
-    """A gymnasium id for ``env_id``, registering a user's 'package.module:ClassName' on first use."""
+    """A gymnasium id for ``env_id``: a registered id, an id that importing a module registers ('module:EnvId'),
+    or a user's 'package.module:ClassName', registered on first use."""
     if ":" not in env_id:
         if env_id not in gym.registry:
             raise ConfigError(f"env.id: unknown environment {env_id!r} (not in gymnasium's registry)")
@@ -236,11 +237,15 @@ def _registered_id(env_id: str) -> str:
     if registered in gym.registry:
         return registered
     try:
-        env_class = getattr(importlib.import_module(module_name), class_name)
+        module = importlib.import_module(module_name)
     except ImportError as error:
         raise ConfigError(f"env.id: cannot import module {module_name!r}: {error}") from None
+    if class_name in gym.registry:  # 'ale_py:ALE/Breakout-v5': a module whose import registers the id
+        return class_name
+    try:
+        env_class = getattr(module, class_name)
     except AttributeError:
-        raise ConfigError(f"env.id: module {module_name!r} has no attribute {class_name!r}") from None
+        raise ConfigError(f"env.id: module {module_name!r} has neither attribute nor registered id {class_name!r}") from None
     if not (isinstance(env_class, type) and issubclass(env_class, gym.Env)):
         raise ConfigError(f"env.id: {env_id} is not a gymnasium.Env subclass")
     gym.register(id=registered, entry_point=env_class)

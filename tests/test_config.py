@@ -57,7 +57,7 @@ def test_every_shipped_config_loads_and_its_env_is_usable(path):
     assert config.hyperparameters is not None
     assert config_module.load(str(path)) == config  # str and Path sources agree
     info = envs.describe(config.env)
-    assert info.observation_dim >= 1 and info.action_dim >= 1
+    assert info.observation_dim + len(info.observation.images) >= 1 and info.action_dim >= 1
 
 
 @pytest.mark.parametrize("path", CONF_FILES, ids=lambda path: path.name)
