@@ -14,7 +14,7 @@ from conftest import small_ppo_config
 
 import ddrl
 from ddrl import config as config_module
-from ddrl import tracking
+from ddrl import envs, tracking
 from ddrl.plots import CURVE_FILE, learning_curve, read_metrics
 from ddrl.run import Run
 from ddrl.tracking import LearningCurveObserver, MlflowObserver, default_observers, flatten, mlflow_enabled
@@ -183,3 +183,27 @@ def test_mlflow_logs_params_metric_history_artifacts_and_model(spark, tmp_path, 
     assert json.loads((tmp_path / "run" / tracking.MLFLOW_RUN_FILE).read_text())["run_id"] == run_id
     assert len(mlflow_store.search_runs([run.info.experiment_id])) == 1
     assert mlflow_store.get_run(run_id).info.status == "FINISHED"
+
+
+def test_mlflow_serves_image_policies_and_keeps_dict_policies_as_artifacts(spark, tmp_path, mlflow_store):
+    import mlflow
+
+    from jobs import evaluate
+
+    for env_name in ("SideOfTheLightEnv", "PickTwoEnv"):
+        env = {"id": f"envs_for_tests:{env_name}", "num_envs": 4}
+        config = small_ppo_config(tmp_path, env=env, ppo={"num_steps": 16, "hidden_sizes": [8]}, train={"total_env_steps": 2 * 4 * 16 * 2})
+        observer = MlflowObserver()
+        result = ddrl.train(spark, config, run_dir=tmp_path / env_name, observers=[observer])
+        run_id = json.loads((tmp_path / env_name / tracking.MLFLOW_RUN_FILE).read_text())["run_id"]
+        downloaded = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="policy", dst_path=str(tmp_path / f"{env_name}-download"))
+        vector_env = envs.make_evaluation_env(config_module.load(config).env, 8)
+        observations, _ = vector_env.reset(seed=list(range(8)))
+        vector_env.close()
+        np.testing.assert_array_equal(ddrl.load_policy(downloaded).act(observations), result.policy.act(observations))
+        if env_name == "SideOfTheLightEnv":  # one uint8 array in: MLflow's torch flavor serves it
+            served = mlflow.pyfunc.load_model(observer.model_uri)
+            np.testing.assert_array_equal(np.asarray(served.predict(observations)), result.policy.act(observations))
+        else:  # a Dict: no served model, the policy artifacts only
+            assert observer.model_uri is None
+        assert evaluate.main([str(tmp_path / env_name), "--episodes", "4"]) == 0
