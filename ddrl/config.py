@@ -35,6 +35,10 @@ class WrapperConfig(StrictModel):
     model_config = ConfigDict(validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
     class_: str = Field(alias="class", pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="'package.module:Name'.")
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    use: Literal["always", "training", "evaluation"] = Field(
+        "always", description="Which envs it wraps: training-only wrappers (reward clipping, an episode per life) leave "
+        "evaluations scoring whole games."
+    )
 
 
 class EnvConfig(StrictModel):

@@ -137,9 +137,10 @@ def _mask_source(env: EnvConfig, single: gym.Env, observation_space: gym.Space, 
 
 
 def make_env(env: EnvConfig, **kwargs: Any) -> gym.Env:
-    """One env of the config, its wrappers applied (``kwargs`` such as ``render_mode`` go to ``gym.make``)."""
+    """One evaluation env of the config, its evaluation wrappers applied (``kwargs`` such as ``render_mode`` go to
+    ``gym.make``)."""
     single = gym.make(_registered_id(env.id), **_make_kwargs(env), **kwargs)
-    for wrap in _wrappers(env):
+    for wrap in _wrappers(env, evaluation=True):
         single = wrap(single)
     return single
 
@@ -158,8 +159,10 @@ def make_vector_env(env: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
 
 
 def make_evaluation_env(env: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
-    """A synchronous vector of single envs, each of which a ``reset(seed=[...])`` seeds on its own."""
-    return gym.make_vec(_registered_id(env.id), num_envs, vectorization_mode="sync", wrappers=_wrappers(env) or None, **_make_kwargs(env))
+    """A synchronous vector of single envs, each of which a ``reset(seed=[...])`` seeds on its own, with the
+    config's evaluation wrappers."""
+    wrappers = _wrappers(env, evaluation=True) or None
+    return gym.make_vec(_registered_id(env.id), num_envs, vectorization_mode="sync", wrappers=wrappers, **_make_kwargs(env))
 
 
 def evaluate(
@@ -207,10 +210,13 @@ def _make_kwargs(env: EnvConfig) -> dict[str, Any]:
     return kwargs
 
 
-def _wrappers(env: EnvConfig) -> list[Callable[[gym.Env], gym.Env]]:
-    """The config's wrappers as callables, in order, each bound to its kwargs; ``ConfigError`` names a bad one."""
+def _wrappers(env: EnvConfig, evaluation: bool = False) -> list[Callable[[gym.Env], gym.Env]]:
+    """The config's wrappers of training envs (or of ``evaluation`` envs) as callables, in order, each bound to its
+    kwargs; ``ConfigError`` names a bad one."""
     wrappers = []
     for index, wrapper in enumerate(env.wrappers):
+        if wrapper.use not in ("always", "evaluation" if evaluation else "training"):
+            continue
         module_name, _, class_name = wrapper.class_.partition(":")
         field = f"env.wrappers.{index}.class: {env.id}'s wrapper"
         try:

@@ -28,6 +28,12 @@ def derive_seed(run_seed: int, iteration: int, index: int, stream: Stream = Stre
     return (int(high) << 30) ^ int(low)
 
 
+def env_seed(seed: int) -> int:
+    """``seed`` as every env takes it: below 2**31, so that envs that seed NumPy's RandomState (32 bits, as MinAtar
+    does) accept it, and so do the seeds a vector env gives its sub-envs (seed + index)."""
+    return seed % 2**31
+
+
 def seed_everything(seed: int) -> None:
     """Reseed Python's, NumPy's and torch's global generators (libraries may draw from them)."""
     import torch

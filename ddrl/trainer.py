@@ -29,7 +29,7 @@ from ddrl.config import ALGORITHMS, Config
 from ddrl.engines import Engine, Work, engine_for
 from ddrl.policy import Policy
 from ddrl.run import Run
-from ddrl.seeding import Stream, derive_seed
+from ddrl.seeding import Stream, derive_seed, env_seed
 from ddrl.tracking import default_observers
 
 log = logging.getLogger("ddrl")
@@ -88,7 +88,7 @@ def train(
 
 def evaluation_seeds(run_seed: int, iteration: int, episodes: int, stream: Stream = Stream.EVALUATION) -> list[int]:
     """The env seed of each evaluation episode of an iteration: a pure function of (run seed, iteration, episode)."""
-    return [derive_seed(run_seed, iteration, episode, stream) % 2**31 for episode in range(episodes)]
+    return [env_seed(derive_seed(run_seed, iteration, episode, stream)) for episode in range(episodes)]
 
 
 @dataclasses.dataclass(frozen=True)

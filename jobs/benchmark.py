@@ -22,7 +22,9 @@ Parts (``--only`` takes one or more, comma-separated or repeated; default all, i
 * ``simulated_cluster`` iteration speed-up of PPO and ES with 1, 4, 16 and 32 tasks on local[N] when each env step
                   waits 4 ms instead of using a core (#12);
 * ``time_to_target`` wall time to SB3's 15-minute return on HalfCheetah-v5 and Hopper-v5: SB3 PPO (rl-zoo) on one
-                  core against ddrl's tuned PPO on local[2] and local[1] (#12).
+                  core against ddrl's tuned PPO on local[2] and local[1] (#12);
+* ``pixels``      PPO from pixels on MinAtar Breakout (and, with ``--atari-steps``, Atari Breakout): returns, wall
+                  time and env steps per second against the raw env's rate (#13).
 
 The in-process parts (throughput, breakdown, cost_model) share one Spark session, stopped before the parts that
 start their own processes, so that at most one Spark session runs at a time.  ``--quick`` shrinks every part to
@@ -59,6 +61,7 @@ from jobs.benchmark_parts.connect import connect
 from jobs.benchmark_parts.cost_model import cost_model
 from jobs.benchmark_parts.halfcheetah import halfcheetah
 from jobs.benchmark_parts.large_model import large_model
+from jobs.benchmark_parts.pixels import pixels
 from jobs.benchmark_parts.rounds import rounds
 from jobs.benchmark_parts.sb3 import sb3_cartpole, sb3_mujoco
 from jobs.benchmark_parts.scaling import scaling
@@ -68,7 +71,7 @@ from jobs.benchmark_parts.time_to_target import time_to_target
 from jobs.benchmark_parts.vs_sb3 import vs_sb3
 
 PARTS = ("throughput", "breakdown", "cost_model", "rounds", "large_model", "scaling", "vs_sb3", "halfcheetah", "connect",
-         "simulated_cluster", "time_to_target")
+         "simulated_cluster", "time_to_target", "pixels")
 """In running order: the in-process parts first (one Spark session), then those that start their own."""
 IN_PROCESS = ("throughput", "breakdown", "cost_model", "rounds", "large_model")
 
@@ -84,6 +87,7 @@ RUNNERS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "connect": connect,
     "simulated_cluster": simulated_cluster,
     "time_to_target": time_to_target,
+    "pixels": pixels,
 }
 
 
@@ -95,6 +99,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seeds", help="vs_sb3 seeds, comma-separated (default 1,2,3; --quick: 1)")
     parser.add_argument("--halfcheetah-minutes", type=float, help="halfcheetah: wall time of each side (default 15; --quick: 1)")
     parser.add_argument("--halfcheetah-steps", type=int, help="halfcheetah: ddrl's step budget (default: sized for the minutes)")
+    parser.add_argument("--minatar-steps", type=int, help="pixels: MinAtar Breakout's step budget (default 500k)")
+    parser.add_argument("--atari-steps", type=int, help="pixels: Atari Breakout's step budget (default 0: not run)")
     parser.add_argument("--time-to-target-envs", help="time_to_target: env ids, comma-separated (default HalfCheetah-v5,Hopper-v5)")
     args = parser.parse_args(argv)
     parts = [part for item in args.only for part in item.split(",") if part]
@@ -145,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         sizes.halfcheetah_minutes = args.halfcheetah_minutes
     if args.time_to_target_envs:
         sizes.time_to_target_envs = tuple(args.time_to_target_envs.split(","))
+    if args.minatar_steps is not None:
+        sizes.pixels_minatar_steps = args.minatar_steps
+    if args.atari_steps is not None:
+        sizes.pixels_atari_steps = args.atari_steps
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     work = ROOT / "runs" / f"benchmark-{stamp}"
     out = args.out.resolve() if args.out else work / "benchmark.json"

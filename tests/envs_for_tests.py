@@ -244,3 +244,12 @@ class MaskedMultiPickEnv(_OneStep):
             if not self.state[3 * dimension + int(value)]:
                 raise ValueError(f"invalid action {action} taken under mask {self.state}")
         return 2.0
+
+
+class ThirtyTwoBitSeedEnv(TinyDiscreteEnv):
+    """Seeds NumPy's legacy RandomState, as older envs do (MinAtar among them): seeds of 2**32 and above raise."""
+
+    def reset(self, *, seed=None, options=None):
+        if seed is not None:
+            np.random.RandomState(seed)  # ValueError: Seed must be between 0 and 2**32 - 1
+        return super().reset(seed=seed, options=options)

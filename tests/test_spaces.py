@@ -136,3 +136,22 @@ def _tensors(observations):
     if isinstance(observations, dict):
         return {name: torch.from_numpy(np.asarray(value)) for name, value in observations.items()}
     return torch.from_numpy(np.asarray(observations))
+
+
+def test_envs_that_take_32_bit_seeds_train(spark, tmp_path):
+    config = small_ppo_config(tmp_path, env={"id": "envs_for_tests:ThirtyTwoBitSeedEnv", "num_envs": 4})
+    assert ddrl.train(spark, config, run_dir=tmp_path / "run").iterations == 3
+
+
+def test_training_only_wrappers_leave_evaluation_envs_alone():
+    clip = {"class": "gymnasium.wrappers:ClipReward", "kwargs": {"min_reward": 0.0, "max_reward": 0.5}, "use": "training"}
+    config = EnvConfig(id="CartPole-v1", wrappers=[clip])
+    training, evaluation = envs.make_vector_env(config, 2), envs.make_evaluation_env(config, 2)
+    try:
+        training.reset(seed=0)
+        evaluation.reset(seed=0)
+        rewards = [vector_env.step(np.zeros(2, dtype=np.int64))[1] for vector_env in (training, evaluation)]
+        assert list(rewards[0]) == [0.5, 0.5] and list(rewards[1]) == [1.0, 1.0]
+    finally:
+        training.close()
+        evaluation.close()

@@ -36,7 +36,7 @@ from ddrl.merge import BYTES_PER_FIXED_VALUE, BYTES_PER_WEIGHTED_VALUE, FixedPoi
 from ddrl.normalizer import EPSILON, Moments, standardize
 from ddrl.networks import build_encoders, forward, linear_layers, network, resolve_cnn
 from ddrl.policy import Policy
-from ddrl.seeding import Stream, derive_seed
+from ddrl.seeding import Stream, derive_seed, env_seed
 
 
 class Hyperparameters(StrictModel):
@@ -474,7 +474,7 @@ class PPO:
         rng = np.random.default_rng(seed)
 
         # ---- local_rounds rounds of rollout and update, the envs going on where the last round left them
-        cursor = EnvCursor.reset(vector_env, seed, self.env)
+        cursor = EnvCursor.reset(vector_env, env_seed(seed), self.env)
         stats: dict[str, list[float]] = {name: [] for name in LOSSES}
         explained, updates, rollout_seconds, update_seconds, samples = [], 0, 0.0, 0.0, 0
         # What the driver's statistics need from each round; the round's training batch itself is dropped.

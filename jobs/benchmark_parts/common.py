@@ -87,6 +87,8 @@ class Sizes:
     simulated_iterations: int = 6  # the first (Python workers start) is not measured
     time_to_target_envs: tuple[str, ...] = ("HalfCheetah-v5", "Hopper-v5")
     time_to_target_minutes: float = 15.0  # SB3's budget
+    pixels_minatar_steps: int = 500_000
+    pixels_atari_steps: int = 0  # 0: not run by default (CleanRL's 2.5M agent steps take hours on 2 cores)
 
     @staticmethod
     def quick() -> "Sizes":
@@ -122,6 +124,8 @@ class Sizes:
             simulated_iterations=2,
             time_to_target_envs=("Hopper-v5",),
             time_to_target_minutes=0.5,
+            pixels_minatar_steps=4096,
+            pixels_atari_steps=2048,
         )
 
 

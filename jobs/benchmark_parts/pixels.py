@@ -1,0 +1,50 @@
+"""Benchmark part pixels (#13): PPO from pixels, whole processes on local[2], at budgets this machine runs.
+
+MinAtar Breakout (``conf/minatar_breakout_ppo.yaml``: 10x10x4 frames, MinAtar's small CNN) and Atari Breakout
+(``conf/breakout_ppo.yaml``: ale-py, the standard preprocessing, the Nature CNN, CleanRL's settings).  Each run
+reports its evaluations on the way (whole games: the life-loss and reward-clipping wrappers are training-only),
+its final evaluation, wall time and env steps per second, beside the raw vector env's rate with random actions.
+CleanRL's ``ppo_atari.py`` publishes 414.66 +- 28.09 on BreakoutNoFrameskip-v4 after 10M frames (2.5M agent
+steps; its docs, docs/rl-algorithms/ppo.md); its curve at smaller frame counts is only on its W&B reports, which
+this machine cannot reach.  Env steps here are agent steps (4 frames each on Atari).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobs.benchmark_parts.common import Bench, load_average, parse_train_output, read_run_metrics, row, run_process, train_command
+from jobs.benchmark_parts.throughput import raw_env_rate
+
+CLEANRL_BREAKOUT_10M_FRAMES = "414.66 +- 28.09"
+
+
+def pixels(bench: Bench) -> dict[str, Any]:
+    from ddrl import config as config_module
+
+    sizes, rows, data = bench.sizes, [], {}
+    cases = [("MinAtar Breakout", "conf/minatar_breakout_ppo.yaml", sizes.pixels_minatar_steps),
+             ("Atari Breakout", "conf/breakout_ppo.yaml", sizes.pixels_atari_steps)]
+    for name, path, steps in cases:
+        if not steps:
+            continue
+        config = config_module.load(path)
+        raw = raw_env_rate(config.env, config.env.num_envs, sizes.raw_seconds, sizes.repetitions)
+        run_dir = bench.work / "runs" / ("pixels-" + name.lower().replace(" ", "-"))
+        eval_every = max(steps // (config.env.num_envs * config.spark.num_tasks * config.hyperparameters.num_steps * 10), 1)
+        overrides = [f"train.total_env_steps={steps}", f"train.eval_every={eval_every}"]
+        result = run_process(train_command("local[2]", path, run_dir, overrides), bench.work / "logs" / f"{run_dir.name}.log", sizes.subprocess_timeout * 4)
+        parsed = parse_train_output(result["output"])
+        evaluations = [(r["eval_env_steps"], round(r["eval_return_mean"], 1)) for r in read_run_metrics(run_dir) if r["eval_return_mean"] == r["eval_return_mean"]]
+        wall = parsed.get("wall_s", float("nan"))
+        rows += [
+            row(name, "final evaluation (whole games)", f"{parsed.get('final_eval', float('nan')):.1f} +- {parsed.get('final_eval_std', float('nan')):.1f}"),
+            row(name, "env steps / wall time", f"{parsed.get('env_steps', 0):,} / {wall:.0f} s"),
+            row(name, "training env steps per second, whole process", parsed.get("env_steps", 0) / wall if wall == wall and wall else float("nan"), "steps/s"),
+            row(name, f"raw vector env, random actions ({config.env.num_envs} envs, one process)", raw, "steps/s"),
+            row(name, "evaluations on the way (env steps, return)", "; ".join(f"{s:,}: {r}" for s, r in evaluations[-6:])),
+        ]
+        data[name] = {**parsed, "returncode": result["returncode"], "log": result["log"], "raw_steps_per_s": raw, "evaluations": evaluations}
+    rows.append(row("Atari Breakout", "CleanRL ppo_atari.py, published, 10M frames", CLEANRL_BREAKOUT_10M_FRAMES))
+    data["load_average"] = load_average()
+    return {"rows": rows, "data": data}
