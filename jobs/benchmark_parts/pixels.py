@@ -35,7 +35,7 @@ def pixels(bench: Bench) -> dict[str, Any]:
         overrides = [f"train.total_env_steps={steps}", f"train.eval_every={eval_every}"]
         result = run_process(train_command("local[2]", path, run_dir, overrides), bench.work / "logs" / f"{run_dir.name}.log", sizes.subprocess_timeout * 4)
         parsed = parse_train_output(result["output"])
-        evaluations = [(r["eval_env_steps"], round(r["eval_return_mean"], 1)) for r in read_run_metrics(run_dir) if r["eval_return_mean"] == r["eval_return_mean"]]
+        evaluations = [(int(r["eval_env_steps"]), round(r["eval_return_mean"], 1)) for r in read_run_metrics(run_dir) if r["eval_return_mean"] == r["eval_return_mean"]]
         wall = parsed.get("wall_s", float("nan"))
         rows += [
             row(name, "final evaluation (whole games)", f"{parsed.get('final_eval', float('nan')):.1f} +- {parsed.get('final_eval_std', float('nan')):.1f}"),
