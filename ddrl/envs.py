@@ -79,7 +79,8 @@ class EnvInfo:
 
 def describe(env: EnvConfig) -> EnvInfo:
     """Build the env once and read its spaces; raise ``ConfigError`` naming the field if it cannot be used."""
-    env_id, wrappers = _registered_id(env.id), _wrappers(env)
+    env_id = _registered_id(env.id)
+    wrappers, evaluation_wrappers = _wrappers(env), _wrappers(env, evaluation=True)  # every class imports
     try:
         single = gym.make(env_id, **_make_kwargs(env))
     except gym.error.DependencyNotInstalled as error:
@@ -90,12 +91,7 @@ def describe(env: EnvConfig) -> EnvInfo:
         field = "env.kwargs" if env.kwargs else "env.id"
         raise ConfigError(f"{field}: {env.id} could not be created: {type(error).__name__}: {_one_line(error)}") from None
     try:
-        for index, wrap in enumerate(wrappers):
-            try:
-                single = wrap(single)
-            except Exception as error:  # a wrapper's constructor may raise anything
-                raise ConfigError(f"env.wrappers.{index}: {env.wrappers[index].class_} could not wrap {env.id}: "
-                                  f"{type(error).__name__}: {_one_line(error)}") from None
+        single = _wrapped(single, env, wrappers)
         observation_space, action_space = single.observation_space, single.action_space
         threshold = single.spec.reward_threshold if single.spec is not None else None
         try:
@@ -105,7 +101,25 @@ def describe(env: EnvConfig) -> EnvInfo:
         mask = _mask_source(env, single, observation_space, action)
     finally:
         single.close()
+    if [index for index, _ in evaluation_wrappers] != [index for index, _ in wrappers]:  # wrapped otherwise: same spaces?
+        evaluation = _wrapped(gym.make(env_id, **_make_kwargs(env)), env, evaluation_wrappers)
+        evaluation.close()
+        if (evaluation.observation_space, evaluation.action_space) != (observation_space, action_space):
+            raise ConfigError(f"env.wrappers: {env.id}'s evaluation envs have spaces {evaluation.observation_space}, "
+                              f"{evaluation.action_space}; training envs {observation_space}, {action_space}")
     return EnvInfo(env.id, observation, action, threshold, mask, env.action_mask_key)
+
+
+def _wrapped(single: gym.Env, env: EnvConfig, wrappers: list[tuple[int, Callable[[gym.Env], gym.Env]]]) -> gym.Env:
+    """``single`` with ``wrappers`` applied; ``ConfigError`` names the one that fails (and closes the env)."""
+    for index, wrap in wrappers:
+        try:
+            single = wrap(single)
+        except Exception as error:  # a wrapper's constructor may raise anything
+            single.close()
+            raise ConfigError(f"env.wrappers.{index}: {env.wrappers[index].class_} could not wrap {env.id}: "
+                              f"{type(error).__name__}: {_one_line(error)}") from None
+    return single
 
 
 def _mask_source(env: EnvConfig, single: gym.Env, observation_space: gym.Space, action: ActionSpec) -> str | None:
@@ -140,7 +154,7 @@ def make_env(env: EnvConfig, **kwargs: Any) -> gym.Env:
     """One evaluation env of the config, its evaluation wrappers applied (``kwargs`` such as ``render_mode`` go to
     ``gym.make``)."""
     single = gym.make(_registered_id(env.id), **_make_kwargs(env), **kwargs)
-    for wrap in _wrappers(env, evaluation=True):
+    for _, wrap in _wrappers(env, evaluation=True):
         single = wrap(single)
     return single
 
@@ -151,7 +165,8 @@ def make_vector_env(env: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
     Every vector env here autoresets on the step after an episode ends (``AutoresetMode.NEXT_STEP``).
     """
     mode = {"vectorization_mode": "sync"} if env.wrappers else {}  # a native vector env takes no per-env wrappers
-    vector_env = gym.make_vec(_registered_id(env.id), num_envs, wrappers=_wrappers(env) or None, **mode, **_make_kwargs(env))
+    wrappers = [wrap for _, wrap in _wrappers(env)] or None
+    vector_env = gym.make_vec(_registered_id(env.id), num_envs, wrappers=wrappers, **mode, **_make_kwargs(env))
     mode = vector_env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
     if mode != AutoresetMode.NEXT_STEP:
         raise ConfigError(f"env.id: {env.id} vector env autoresets in mode {mode}; NEXT_STEP is required")
@@ -161,7 +176,7 @@ def make_vector_env(env: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
 def make_evaluation_env(env: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
     """A synchronous vector of single envs, each of which a ``reset(seed=[...])`` seeds on its own, with the
     config's evaluation wrappers."""
-    wrappers = _wrappers(env, evaluation=True) or None
+    wrappers = [wrap for _, wrap in _wrappers(env, evaluation=True)] or None
     return gym.make_vec(_registered_id(env.id), num_envs, vectorization_mode="sync", wrappers=wrappers, **_make_kwargs(env))
 
 
@@ -210,9 +225,9 @@ def _make_kwargs(env: EnvConfig) -> dict[str, Any]:
     return kwargs
 
 
-def _wrappers(env: EnvConfig, evaluation: bool = False) -> list[Callable[[gym.Env], gym.Env]]:
-    """The config's wrappers of training envs (or of ``evaluation`` envs) as callables, in order, each bound to its
-    kwargs; ``ConfigError`` names a bad one."""
+def _wrappers(env: EnvConfig, evaluation: bool = False) -> list[tuple[int, Callable[[gym.Env], gym.Env]]]:
+    """The config's wrappers of training envs (or of ``evaluation`` envs) in order, each as its index in
+    ``env.wrappers`` and a callable bound to its kwargs; ``ConfigError`` names a bad one."""
     wrappers = []
     for index, wrapper in enumerate(env.wrappers):
         if wrapper.use not in ("always", "evaluation" if evaluation else "training"):
@@ -227,7 +242,7 @@ def _wrappers(env: EnvConfig, evaluation: bool = False) -> list[Callable[[gym.En
             raise ConfigError(f"{field}: module {module_name!r} has no attribute {class_name!r}") from None
         if not callable(wrapper_class):
             raise ConfigError(f"{field}: {wrapper.class_} is not a class or function")
-        wrappers.append(functools.partial(wrapper_class, **wrapper.kwargs))
+        wrappers.append((index, functools.partial(wrapper_class, **wrapper.kwargs)))
     return wrappers
 
 

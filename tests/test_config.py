@@ -380,3 +380,15 @@ def test_config_is_frozen():
     assert isinstance(config, Config)
     with pytest.raises(Exception):
         config.seed = 5  # type: ignore[misc]
+
+
+def test_an_evaluation_wrapper_that_fails_is_named_before_spark_starts():
+    wrappers = [{"class": "gymnasium.wrappers:ClipReward", "kwargs": {"min_reward": 0.0, "max_reward": 0.5}, "use": "training"},
+                {"class": "gymnasium.wrappers:TimeLimit", "kwargs": {"max_episode_steps": -1}, "use": "evaluation"}]
+    with pytest.raises(ConfigError, match=r"^env\.wrappers\.1: gymnasium\.wrappers:TimeLimit could not wrap CartPole-v1"):
+        envs.describe(EnvConfig(id="CartPole-v1", wrappers=wrappers))
+    flattened = [{"class": "gymnasium.wrappers:FlattenObservation", "use": "evaluation"}]
+    envs.describe(EnvConfig(id="CartPole-v1", wrappers=flattened))  # the same spaces either way
+    resized = [{"class": "gymnasium.wrappers:TimeAwareObservation", "use": "evaluation"}]
+    with pytest.raises(ConfigError, match=r"^env\.wrappers: CartPole-v1's evaluation envs have spaces"):
+        envs.describe(EnvConfig(id="CartPole-v1", wrappers=resized))
