@@ -253,3 +253,19 @@ class ThirtyTwoBitSeedEnv(TinyDiscreteEnv):
         if seed is not None:
             np.random.RandomState(seed)  # ValueError: Seed must be between 0 and 2**32 - 1
         return super().reset(seed=seed, options=options)
+
+
+class TupleObservationEnv(_OneStep):
+    """Tuple observations (a Box and a Discrete): action 1 when the Box's sum is positive or the Discrete is 2."""
+
+    observation_space = gym.spaces.Tuple((gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32), gym.spaces.Discrete(3)))
+    action_space = gym.spaces.Discrete(2)
+
+    def _draw(self):
+        return self.np_random.uniform(-1.0, 1.0, size=2).astype(np.float32), int(self.np_random.integers(3))
+
+    def _observation(self):
+        return self.state
+
+    def _reward(self, action):
+        return float(int(action) == int(self.state[0].sum() > 0 or self.state[1] == 2))

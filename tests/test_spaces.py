@@ -80,6 +80,7 @@ HEADS = [
     # env, what it exercises in the exported model
     ("SideOfTheLightEnv", "image (channels last, uint8) -> Discrete"),
     ("PickTwoEnv", "Dict (one-hot Discrete, Box) -> MultiDiscrete"),
+    ("TupleObservationEnv", "Tuple (Box, one-hot Discrete) -> Discrete"),
     ("CopyBitsEnv", "MultiBinary -> MultiBinary"),
     ("MatrixBoxActionEnv", "Box -> Box of shape (2, 2)"),
     ("MaskedPickEnv", "Box -> Discrete masked through info"),
@@ -133,6 +134,9 @@ def _observations(env_id: str, count: int):
 
 
 def _tensors(observations):
+    """The exported model's input: a Dict's or Tuple's parts by name ("0", "1" for a Tuple's), else one tensor."""
+    if isinstance(observations, tuple):
+        observations = {str(index): value for index, value in enumerate(observations)}
     if isinstance(observations, dict):
         return {name: torch.from_numpy(np.asarray(value)) for name, value in observations.items()}
     return torch.from_numpy(np.asarray(observations))
