@@ -12,10 +12,13 @@
 ``export_program`` writes the same module as a ``torch.export`` program (``.pt2``), the format recent torch
 releases recommend over TorchScript: ``torch.export.load("cartpole.pt2").module()(observations)``.
 
-The exported module does what ``Policy.act`` does on a batch: standardize and clip the observation with the
-policy's running moments (in float64, as ddrl does), run the actor, then take the argmax (discrete actions,
-int64) or clip the mean to the action bounds (continuous actions, float32).  It gives the same actions as
-``ddrl.load_policy(...).act`` on the same observations.
+The exported module does what ``Policy.act`` does on a batch: encode the observation's parts into features
+(``ddrl.spaces``; Dict and Tuple observations come as a dict of batches by part name, "key.subkey" or a Tuple's
+"0", "1"), standardize and clip the vector features with the policy's running moments (in float64, as ddrl does),
+run the actor (CNNs included), mask invalid actions (from the observation, or a second ``action_mask`` argument
+for masks that come in the env's info), then take the head's greedy action: argmax (int64), argmax per dimension
+(MultiDiscrete), logit > 0 (MultiBinary, int8), or the mean clipped to the bounds (Box, float32, the action's
+shape).  It gives the same actions as ``ddrl.load_policy(...).act`` on the same observations.
 """
 
 

@@ -1,8 +1,9 @@
 """Export a trained policy for serving without ddrl: ``python jobs/export.py RUN_DIR --out policy.pt2``.
 
 The format follows the file name: ``.pt2`` writes a torch.export program (``torch.export.load(path).module()``),
-``.pt`` / ``.ts`` a TorchScript file (``torch.jit.load(path)``).  Either maps a float32 batch of observations
-(batch, obs_dim) to actions, observation normalization included.
+``.pt`` / ``.ts`` a TorchScript file (``torch.jit.load(path)``).  Either maps a batch of observations (one tensor,
+or for Dict and Tuple spaces a dict of tensors by part name) to actions, feature encoding, observation
+normalization and masks included (``ddrl.export``).
 """
 
 from __future__ import annotations
