@@ -41,7 +41,6 @@ class Policy:
         self.architecture = architecture
         self.observation_mean = observation_mean
         self.observation_variance = observation_variance
-        self.normalized_features = env.observation.normalized
 
     def act(self, observation: Any, info: Any = None, action_mask: np.ndarray | None = None) -> np.ndarray:
         """The action for one observation, or a batch of actions for a batch of observations.
@@ -91,7 +90,7 @@ class Policy:
         batched = features["vector"].ndim > 1
         vector = features["vector"] if batched else features["vector"][None]
         if self.observation_mean is not None:
-            vector = normalize(vector, self.observation_mean, self.observation_variance, self.normalized_features)
+            vector = normalize(vector, self.observation_mean, self.observation_variance, self.env.observation.normalized)
         features = {name: value if batched else value[None] for name, value in features.items()}
         features["vector"] = vector.astype(np.float32)
         return features, batched

@@ -275,8 +275,13 @@ class ActionSpec:
         clipped = np.minimum(np.maximum(output, np.asarray(self.low)), np.asarray(self.high))
         return clipped.reshape(*output.shape[:-1], *self.shape)
 
+    @functools.cached_property
+    def offsets(self) -> tuple[int, ...]:
+        """Where each categorical dimension's logits start in the output (MultiDiscrete: one per dimension)."""
+        return tuple(int(offset) for offset in np.cumsum((0, *self.nvec[:-1])))
+
     def _split(self, output: Any) -> list[Any]:
-        return [output[..., start : start + n] for start, n in zip(np.cumsum((0, *self.nvec[:-1])), self.nvec)]
+        return [output[..., start : start + n] for start, n in zip(self.offsets, self.nvec)]
 
     # ---- torch: the update ---------------------------------------------------------------------------------
     def log_prob_and_entropy(
