@@ -126,14 +126,15 @@ def from_dict(data: Mapping[str, Any]) -> Config:
     if not isinstance(section, Mapping):
         raise ConfigError(f"{algo}: must be a mapping of hyperparameters")
     algorithm = importlib.import_module(ALGORITHMS[algo])
-    hyperparameters = _validate(algorithm.Hyperparameters, section, prefix=f"{algo}.")
-    config = _validate(Config, data, prefix="").model_copy(update={"hyperparameters": hyperparameters})
+    hyperparameters = validate_model(algorithm.Hyperparameters, section, prefix=f"{algo}.")
+    config = validate_model(Config, data, prefix="").model_copy(update={"hyperparameters": hyperparameters})
     if hasattr(algorithm, "check"):  # checks that span sections, e.g. directions against tasks
         algorithm.check(config)
     return config
 
 
-def _validate(model: type[BaseModel], data: Mapping[str, Any], prefix: str) -> Any:
+def validate_model(model: type[BaseModel], data: Mapping[str, Any], prefix: str) -> Any:
+    """``model`` validated from ``data``; the first problem as one ``ConfigError`` naming ``prefix`` + its field."""
     try:
         return model.model_validate(data)
     except ValidationError as error:
@@ -170,10 +171,7 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
     key, separator, raw_value = override.partition("=")
     if not separator or not key:
         raise ConfigError(f"override {override!r}: expected key.path=value")
-    try:
-        value = yaml.load(raw_value, Loader=_Loader)
-    except yaml.YAMLError:
-        raise ConfigError(f"override {key}: value {raw_value!r} is not valid YAML") from None
+    value = parse_value(raw_value, f"override {key}")
     *parents, leaf = key.split(".")
     node = data
     for part in parents:
@@ -182,6 +180,14 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
             raise ConfigError(f"override {key}: {part} is not a section")
         node = child
     node[leaf] = value
+
+
+def parse_value(text: str, where: str) -> Any:
+    """A value given on a command line, read as YAML (``3e-4`` is a number); ``where`` names it in the error."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError:
+        raise ConfigError(f"{where}: value {text!r} is not valid YAML") from None
 
 
 class _Loader(yaml.SafeLoader):

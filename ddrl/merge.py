@@ -208,8 +208,17 @@ def _add(left: dict[str, np.ndarray], right: dict[str, np.ndarray]) -> dict[str,
 
 
 def merge(left: Partial, right: Partial) -> Partial:
-    """The reduce function handed to ``RDD.treeReduce``."""
+    """Two partial results of one run."""
     return left.merge(right)
+
+
+def merge_by_job(left: dict[int, Partial], right: dict[int, Partial]) -> dict[int, Partial]:
+    """The reduce function handed to ``RDD.treeReduce``: partial results keyed by the job (run) they belong to,
+    where one Spark job carries the tasks of several runs; each run's results merge only with their own."""
+    merged = dict(left)
+    for job, partial in right.items():
+        merged[job] = merged[job].merge(partial) if job in merged else partial
+    return merged
 
 
 def encode_partial(partial: Partial) -> bytes:

@@ -20,6 +20,8 @@ class Stream(enum.IntEnum):
     INITIALIZATION = 2
     PERTURBATION = 3
     FINAL_EVALUATION = 4
+    SWEEP_SAMPLING = 5
+    POPULATION_BASED_TRAINING = 6
 
 
 def derive_seed(run_seed: int, iteration: int, index: int, stream: Stream = Stream.TASK) -> int:

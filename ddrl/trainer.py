@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +26,8 @@ import pyarrow as pa
 from ddrl import checkpoint, envs
 from ddrl.algorithms import Algorithm
 from ddrl.config import ALGORITHMS, Config
-from ddrl.engines import Engine, Work, engine_for
+from ddrl.engines import Engine, Job, Work, engine_for
+from ddrl.merge import Partial
 from ddrl.policy import Policy
 from ddrl.run import Run
 from ddrl.seeding import Stream, derive_seed, env_seed
@@ -79,11 +80,26 @@ def train(
     started = time.perf_counter()
     run = config if isinstance(config, Run) else Run.open(config, overrides, run_dir, resume)
     engine = engine_for(spark)
-    algorithm: Algorithm = importlib.import_module(ALGORITHMS[run.config.algo]).build(run.config, run.env)
-    engine.prepare(run.config, algorithm)
-    if observers is None:
-        observers = default_observers(run.config)
-    return _Loop(run, algorithm, engine, started, observers).train()
+    loop = RunLoop(run, default_observers(run.config) if observers is None else observers, started)
+    engine.prepare([(run.config, loop.algorithm)])
+    loop.start()
+    while not loop.finished:
+        step(engine, [loop])
+    return loop.finish()
+
+
+def step(engine: Engine, loops: Sequence["RunLoop"]) -> None:
+    """One Spark job that runs the next iteration of every loop in ``loops``, each merged on its own."""
+    started = time.perf_counter()
+    jobs = [loop.next_job() for loop in loops]
+    try:
+        partials, ship_seconds = engine.run(jobs)
+    except Exception as error:
+        where = f"iteration {loops[0].progress.iteration + 1}" if len(loops) == 1 else f"a job of {len(loops)} runs"
+        raise TrainingError(f"{where}: a task failed after Spark's retries: {_root_cause(error)}") from error
+    tasks_seconds = time.perf_counter() - started - ship_seconds
+    for loop, partial in zip(loops, partials):
+        loop.complete(partial, ship_seconds, tasks_seconds)
 
 
 def evaluation_seeds(run_seed: int, iteration: int, episodes: int, stream: Stream = Stream.EVALUATION) -> list[int]:
@@ -114,60 +130,89 @@ class RunObserver(Protocol):
     def on_end(self, result: TrainResult) -> None: ...
 
 
-class _Loop:
-    """The driver's iteration loop over one run."""
+class RunLoop:
+    """The driver's iteration loop over one run, an iteration at a time: ``next_job`` for the Spark job,
+    ``complete`` with its merged result.  ``train`` steps one loop; a sweep (``ddrl.sweeps``) steps many in the
+    same Spark jobs."""
 
-    def __init__(self, run: Run, algorithm: Algorithm, engine: Engine, started: float, observers: list[RunObserver]) -> None:
+    def __init__(self, run: Run, observers: list[RunObserver], started: float | None = None, label: str = "") -> None:
+        self.label = label  # starts each progress line: a sweep's trial name
         self.observers = observers
         self.run = run
         self.config = run.config
-        self.algorithm = algorithm
-        self.engine = engine
-        self.started = started
+        self.algorithm: Algorithm = importlib.import_module(ALGORITHMS[run.config.algo]).build(run.config, run.env)
+        self.started = time.perf_counter() if started is None else started
         self.fingerprint = self.config.fingerprint()
-        self.work = Work(algorithm, self.config, self.fingerprint)
+        self.work = Work(self.algorithm, self.config, self.fingerprint)
+        self.target = self.config.train.target_return if self.config.train.target_return is not None else run.env.reward_threshold
+        self.state: dict[str, np.ndarray] = {}
+        self.progress = Progress()
+        self.recent_rates: list[float] = []
+        self._pending: tuple[float, bool] | None = None
 
-    def train(self) -> TrainResult:
-        run, config = self.run, self.config
-        state, progress = self._initial_state()
+    def start(self) -> None:
+        """Create the run directory (or load the resumed run's checkpoint) and tell the observers."""
+        self.state, self.progress = self._initial_state()
         for observer in self.observers:
-            observer.on_start(run)
-        target = config.train.target_return if config.train.target_return is not None else run.env.reward_threshold
-        recent_rates: list[float] = []
-        while not progress.finished:
-            iteration_started = time.perf_counter()
-            evaluating = progress.iteration % config.train.eval_every == 0
-            updated, metrics = self._iteration(state, progress.iteration, evaluating)
-            iteration = progress.iteration + 1
-            env_steps = progress.env_steps + metrics["env_steps"]
-            solved_streak, best = progress.solved_streak, progress.best_eval_return
-            if evaluating:  # the job evaluated ``state``, the policy it started from
-                metrics["eval_env_steps"] = float(progress.env_steps)
-                evaluated = metrics["eval_return_mean"]
-                if target is not None:
-                    solved_streak = solved_streak + 1 if evaluated >= target else 0
-                best = self._keep_if_best(best, evaluated, lambda: self.algorithm.policy(state), progress)
-            solved = solved_streak >= config.train.solved_evaluations and config.train.stop_at_target
-            # A solved run ends with the policy its evaluations saw, not with the update made in the same job.
-            state = state if solved else updated
-            progress = Progress(iteration, env_steps, solved_streak, solved or env_steps >= config.train.total_env_steps, best)
-            metrics["iteration_s"] = time.perf_counter() - iteration_started
-            metrics["driver_s"] = metrics["iteration_s"] - metrics["ship_s"] - metrics["tasks_s"]
-            metrics["steps_per_s"] = metrics["env_steps"] / metrics["iteration_s"]
-            metrics["env_steps"] = env_steps
-            metrics["wall_s"] = time.perf_counter() - self.started
-            run.write_metrics(iteration, {"iteration": iteration, **metrics})
-            # The metrics row first, then the checkpoint: a driver killed in between repeats the iteration on
-            # resume (its row is dropped and rewritten); the other order would lose the row for good.
-            if iteration % config.output.checkpoint_every == 0 or progress.finished:
-                meta = {**dataclasses.asdict(progress), "fingerprint": self.fingerprint}
-                checkpoint.save(run.checkpoints, iteration, state, meta, config.output.keep_checkpoints)
-            for observer in self.observers:
-                observer.on_iteration(iteration, metrics)
-            recent_rates = (recent_rates + [metrics["steps_per_s"]])[-5:]
-            self._log_progress(iteration, env_steps, metrics, float(np.median(recent_rates)))
+            observer.on_start(self.run)
 
-        policy = self.algorithm.policy(state)
+    @property
+    def finished(self) -> bool:
+        return self.progress.finished
+
+    def next_job(self) -> Job:
+        """The tasks of the next iteration, with their payload (and evaluation seeds on evaluation iterations)."""
+        config, iteration = self.config, self.progress.iteration
+        evaluating = iteration % config.train.eval_every == 0
+        self._pending = (time.perf_counter(), evaluating)
+        episodes = config.train.eval_episodes if evaluating else 0
+        shipped = {"payload": self.algorithm.task_payload(self.state, iteration), "evaluation_seeds": evaluation_seeds(config.seed, iteration, episodes)}
+        tasks = [(index, derive_seed(config.seed, iteration, index)) for index in range(config.spark.num_tasks)]
+        return Job(self.work, shipped, tasks)
+
+    def complete(self, partial: Partial, ship_seconds: float, tasks_seconds: float) -> None:
+        """Apply the merged result of ``next_job``'s tasks: the next state, metrics, checkpoint, observers."""
+        assert self._pending is not None, "complete() without next_job()"
+        (iteration_started, evaluating), self._pending = self._pending, None
+        run, config, progress, state = self.run, self.config, self.progress, self.state
+        updated, metrics = self._apply(state, partial, ship_seconds, tasks_seconds)
+        iteration = progress.iteration + 1
+        env_steps = progress.env_steps + metrics["env_steps"]
+        solved_streak, best = progress.solved_streak, progress.best_eval_return
+        if evaluating:  # the job evaluated ``state``, the policy it started from
+            metrics["eval_env_steps"] = float(progress.env_steps)
+            evaluated = metrics["eval_return_mean"]
+            if self.target is not None:
+                solved_streak = solved_streak + 1 if evaluated >= self.target else 0
+            best = self._keep_if_best(best, evaluated, lambda: self.algorithm.policy(state), progress)
+        solved = solved_streak >= config.train.solved_evaluations and config.train.stop_at_target
+        # A solved run ends with the policy its evaluations saw, not with the update made in the same job.
+        self.state = state if solved else updated
+        self.progress = Progress(iteration, env_steps, solved_streak, solved or env_steps >= config.train.total_env_steps, best)
+        metrics["iteration_s"] = time.perf_counter() - iteration_started
+        metrics["driver_s"] = metrics["iteration_s"] - metrics["ship_s"] - metrics["tasks_s"]
+        metrics["steps_per_s"] = metrics["env_steps"] / metrics["iteration_s"]
+        metrics["env_steps"] = env_steps
+        metrics["wall_s"] = time.perf_counter() - self.started
+        run.write_metrics(iteration, {"iteration": iteration, **metrics})
+        # The metrics row first, then the checkpoint: a driver killed in between repeats the iteration on
+        # resume (its row is dropped and rewritten); the other order would lose the row for good.
+        if iteration % config.output.checkpoint_every == 0 or self.progress.finished:
+            self.save_checkpoint()
+        for observer in self.observers:
+            observer.on_iteration(iteration, metrics)
+        self.recent_rates = (self.recent_rates + [metrics["steps_per_s"]])[-5:]
+        self._log_progress(iteration, env_steps, metrics, float(np.median(self.recent_rates)))
+
+    def save_checkpoint(self) -> None:
+        """Checkpoint the state after the last completed iteration (``complete`` does every checkpoint_every)."""
+        meta = {**dataclasses.asdict(self.progress), "fingerprint": self.fingerprint}
+        checkpoint.save(self.run.checkpoints, self.progress.iteration, self.state, meta, self.config.output.keep_checkpoints)
+
+    def finish(self) -> TrainResult:
+        """Save the final policy, evaluate it (on the driver), tell the observers, and return the result."""
+        run, config, progress = self.run, self.config, self.progress
+        policy = self.algorithm.policy(self.state)
         policy.save(run.policy_directory)
         seeds = evaluation_seeds(config.seed, progress.iteration, config.train.final_eval_episodes, Stream.FINAL_EVALUATION)
         returns, _ = envs.evaluate(policy.act_independently, config.env, len(seeds), seeds)
@@ -180,7 +225,7 @@ class _Loop:
             env_steps=progress.env_steps,
             eval_return_mean=float(returns.mean()),
             eval_return_std=float(returns.std()),
-            solved=target is not None and float(returns.mean()) >= target,
+            solved=self.target is not None and float(returns.mean()) >= self.target,
             wall_seconds=time.perf_counter() - self.started,
             best_eval_return=best if config.train.keep_best else None,
             best_policy_dir=run.best_directory if config.train.keep_best else None,
@@ -212,18 +257,8 @@ class _Loop:
         log.info("resuming %s after iteration %d (%d env steps)", run.directory, progress.iteration, progress.env_steps)
         return state, progress
 
-    def _iteration(self, state: dict[str, np.ndarray], iteration: int, evaluating: bool) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        config = self.config
-        episodes = config.train.eval_episodes if evaluating else 0
-        shipped = {"payload": self.algorithm.task_payload(state, iteration), "evaluation_seeds": evaluation_seeds(config.seed, iteration, episodes)}
-        tasks = [(index, derive_seed(config.seed, iteration, index)) for index in range(config.spark.num_tasks)]
-        timer = time.perf_counter()
-        try:
-            partial, ship_seconds = self.engine.run(self.work, shipped, tasks)
-        except Exception as error:
-            raise TrainingError(f"iteration {iteration + 1}: a task failed after Spark's retries: {_root_cause(error)}") from error
-        tasks_seconds = time.perf_counter() - timer - ship_seconds
-
+    def _apply(self, state: dict[str, np.ndarray], partial: Partial, ship_seconds: float, tasks_seconds: float) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        iteration = self.progress.iteration
         result = partial.finish()
         for index, reason in result.rejected.items():
             log.warning("iteration %d: rejected the result of task %d: %s", iteration + 1, index, reason)
@@ -252,7 +287,8 @@ class _Loop:
     def _log_progress(self, iteration: int, env_steps: int, metrics: dict[str, Any], steps_per_second: float) -> None:
         remaining = max(self.config.train.total_env_steps - env_steps, 0)
         log.info(
-            "iter %4d | steps %9d | return %8s | eval %8s | %7.0f steps/s | %5.2fs | ETA to budget %s",
+            "%siter %4d | steps %9d | return %8s | eval %8s | %7.0f steps/s | %5.2fs | ETA to budget %s",
+            f"{self.label} " if self.label else "",
             iteration,
             env_steps,
             _number(metrics["episode_return_mean"]),

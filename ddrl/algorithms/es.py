@@ -46,8 +46,11 @@ from ddrl.normalizer import Moments, normalize
 from ddrl.networks import build_actor
 from ddrl.policy import Policy
 from ddrl.seeding import Stream, derive_seed, task_slice
+from ddrl.worker_cache import WorkerCache
 
 ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON = 0.9, 0.999, 1e-8
+PERTURBABLE = ("learning_rate", "sigma")
+"""Hyperparameters population-based training may change during a run (``ddrl.sweeps``)."""
 
 
 class Hyperparameters(StrictModel):
@@ -353,14 +356,10 @@ class EvolutionStrategy(abc.ABC):
 
     def _vector_env(self) -> Any:
         """The vector env, built once per Python worker process and config."""
-        key = (self.config.fingerprint(), "es")
-        if key not in _WORKER_CACHE:
-            _WORKER_CACHE.clear()  # one config at a time: a worker that moves on frees the old envs
-            _WORKER_CACHE[key] = envs_module.make_vector_env(self.config.env, self.config.env.num_envs)
-        return _WORKER_CACHE[key]
+        return _WORKER_CACHE.get(self.config.fingerprint(), lambda: envs_module.make_vector_env(self.config.env, self.config.env.num_envs))
 
 
-_WORKER_CACHE: dict[tuple[str, str], Any] = {}
+_WORKER_CACHE = WorkerCache(close=lambda vector_env: vector_env.close())
 
 
 class OpenAIES(EvolutionStrategy):

@@ -37,6 +37,10 @@ from ddrl.normalizer import EPSILON, Moments, standardize
 from ddrl.networks import build_encoders, forward, linear_layers, network, resolve_cnn
 from ddrl.policy import Policy
 from ddrl.seeding import Stream, derive_seed, env_seed
+from ddrl.worker_cache import WorkerCache
+
+PERTURBABLE = ("learning_rate", "ent_coef", "clip_coef")
+"""Hyperparameters population-based training may change during a run (``ddrl.sweeps``)."""
 
 
 class Hyperparameters(StrictModel):
@@ -529,18 +533,17 @@ class PPO:
 
     def _worker_objects(self) -> tuple[Any, ActorCritic, torch.optim.Adam]:
         """The vector env, model and optimizer, built once per Python worker process and config."""
-        key = (self.config.fingerprint(), "ppo")
-        if key not in _WORKER_CACHE:
-            _WORKER_CACHE.clear()  # one config at a time: a worker that moves on frees the old envs
-            vector_env = envs_module.make_vector_env(self.config.env, self.config.env.num_envs)
-            with torch.random.fork_rng():  # the task's seeded generator must not depend on a cold or warm cache
-                model = ActorCritic(self.env, self.hp, initialize=False)
-            optimizer = torch.optim.Adam(model.parameters(), lr=self.hp.learning_rate, eps=self.hp.adam_eps)
-            _WORKER_CACHE[key] = (vector_env, model, optimizer)
-        return _WORKER_CACHE[key]
+        return _WORKER_CACHE.get(self.config.fingerprint(), self._build_worker_objects)
+
+    def _build_worker_objects(self) -> tuple[Any, ActorCritic, torch.optim.Adam]:
+        vector_env = envs_module.make_vector_env(self.config.env, self.config.env.num_envs)
+        with torch.random.fork_rng():  # the task's seeded generator must not depend on a cold or warm cache
+            model = ActorCritic(self.env, self.hp, initialize=False)
+        optimizer = torch.optim.Adam(model.parameters(), lr=self.hp.learning_rate, eps=self.hp.adam_eps)
+        return vector_env, model, optimizer
 
 
-_WORKER_CACHE: dict[tuple[str, str], tuple[Any, ActorCritic, torch.optim.Adam]] = {}
+_WORKER_CACHE = WorkerCache(close=lambda objects: objects[0].close())
 
 
 def _policy_input(raw_obs: np.ndarray, hp: Hyperparameters, mean: np.ndarray, std: np.ndarray, env: EnvInfo) -> np.ndarray:

@@ -6,16 +6,19 @@
   mode, Databricks Connect, ``SparkSession.builder.remote``): the DataFrame API alone, ``mapInArrow``.
 
 Both run the same executor-side ``Work`` (``ddrl.engines.work``) and merge exactly (``ddrl.merge``), so the same
-config and seed give bit-identical parameters on either kind of session.
+config and seed give bit-identical parameters on either kind of session.  One Spark job may carry the tasks of
+several runs (the trials of a sweep, ``ddrl.sweeps``): each ``Job`` is merged on its own, so sharing a job
+changes no run's result.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, Protocol, Sequence
 
 from ddrl.algorithms import Algorithm
 from ddrl.config import Config, ConfigError
@@ -23,17 +26,27 @@ from ddrl.engines.work import Work
 from ddrl.merge import Partial
 
 
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One run's share of a Spark job: ``work`` for every (task index, seed) in ``tasks``, with ``shipped`` (the
+    same for every task of the run)."""
+
+    work: Work
+    shipped: Mapping[str, Any]
+    tasks: list[tuple[int, int]]
+
+
 class Engine(Protocol):
     """Runs an iteration's tasks with a payload and gives back their merged result."""
 
-    def prepare(self, config: Config, algorithm: Algorithm) -> None:
-        """Before the first job: make ddrl importable on executors, and refuse (``ConfigError``) a run whose
-        payload or results this session cannot carry."""
+    def prepare(self, runs: Sequence[tuple[Config, Algorithm]]) -> None:
+        """Before the first job: make ddrl importable on executors, and refuse (``ConfigError``) runs whose
+        payloads or results this session cannot carry in one job."""
 
-    def run(self, work: Work, shipped: Mapping[str, Any], tasks: list[tuple[int, int]]) -> tuple[Partial, float]:
-        """Run ``work`` for every (task index, seed) in ``tasks`` with ``shipped`` (the same for every task) and
-        return their exact merge, and the seconds the driver spent getting ``shipped`` on its way (the broadcast
-        on classic, building the job's plan on Connect)."""
+    def run(self, jobs: Sequence[Job]) -> tuple[list[Partial], float]:
+        """Run every job's tasks in one Spark job and return each job's exact merge (in the order of ``jobs``),
+        and the seconds the driver spent getting the payloads on their way (the broadcast on classic, building
+        the job's plan on Connect)."""
 
 
 def engine_for(spark: Any) -> Engine:
@@ -63,16 +76,26 @@ them several times over (executor, block manager, fetched copy).  2 x 240 MB on 
 of it, and the job then hung (BENCHMARKS.md, cost model)."""
 
 
-def check_result_size(config: Config, algorithm: Algorithm, limits: Mapping[str, float], fix: str) -> None:
-    """Refuse, before the first job, a model whose task results the driver cannot collect under the smallest of
-    ``limits`` (name to bytes): Spark would abort the job or, short of heap, hang without an error."""
-    per_task = algorithm.task_result_bytes()
-    collected = per_task * driver_fan_in(config.spark.num_tasks, config.spark.tree_depth)
+def tree_depth(runs: Sequence[Config]) -> int:
+    """The depth of a shared job's merge tree: the deepest any of its runs asks for (depth never changes results)."""
+    return max(config.spark.tree_depth for config in runs)
+
+
+def check_result_size(runs: Sequence[tuple[Config, Algorithm]], limits: Mapping[str, float], fix: str) -> None:
+    """Refuse, before the first job, models whose task results the driver cannot collect under the smallest of
+    ``limits`` (name to bytes): Spark would abort the job or, short of heap, hang without an error.  Each of the
+    tree's last partial results holds one merged result per run it covers."""
+    total_tasks = sum(config.spark.num_tasks for config, _ in runs)
+    fan_in = driver_fan_in(total_tasks, tree_depth([config for config, _ in runs]))
+    per_task = max(algorithm.task_result_bytes() for _, algorithm in runs)  # the largest, where runs differ
+    collected = sum(algorithm.task_result_bytes() * min(config.spark.num_tasks, fan_in) for config, algorithm in runs)
     name, limit = min(limits.items(), key=lambda item: item[1])
     if collected > limit:
+        runs_text = f" for {len(runs)} runs in one job" if len(runs) > 1 else ""
         raise ConfigError(
             f"spark: each task returns {per_task / 2**20:.0f} MiB, and the driver would collect "
-            f"{collected / 2**20:.0f} MiB per iteration, over {name} ({limit / 2**20:.0f} MiB): use a smaller model, {fix}"
+            f"{collected / 2**20:.0f} MiB per iteration{runs_text}, over {name} ({limit / 2**20:.0f} MiB): use a smaller "
+            f"model, {fix}"
         )
 
 

@@ -2,6 +2,7 @@
 
 Per iteration: broadcast what every task needs, ``parallelize`` one element per task, and merge the results
 with ``RDD.treeReduce`` (exact, so arrival order does not matter); destroy the broadcast once its job is over.
+A job carrying several runs broadcasts their payloads together and merges each run's results by its key.
 """
 
 from __future__ import annotations
@@ -9,13 +10,12 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Sequence
 
 from ddrl.algorithms import Algorithm
 from ddrl.config import Config, ConfigError
-from ddrl.engines import DRIVER_HEAP_SHARE, check_result_size, package_archive, size_in_bytes
-from ddrl.engines.work import Work
-from ddrl.merge import Partial, merge
+from ddrl.engines import DRIVER_HEAP_SHARE, Job, check_result_size, package_archive, size_in_bytes, tree_depth
+from ddrl.merge import Partial, merge_by_job
 
 _SHIPPED: set[str] = set()
 """Applications this process has already shipped the ddrl package to."""
@@ -33,7 +33,7 @@ class ClassicEngine:
                 "SparkContext) nor a Spark Connect session: pass the session pyspark or Databricks Connect gave you"
             ) from error
 
-    def prepare(self, config: Config, algorithm: Algorithm) -> None:
+    def prepare(self, runs: Sequence[tuple[Config, Algorithm]]) -> None:
         self._ship_package()
         # The heap the driver really has: spark.driver.memory may be unset (Databricks sizes the driver itself)
         heap = int(self.spark_context._jvm.java.lang.Runtime.getRuntime().maxMemory())
@@ -42,7 +42,7 @@ class ClassicEngine:
             "spark.driver.maxResultSize": max_result_size or math.inf,  # 0 means unlimited
             f"{DRIVER_HEAP_SHARE:.0%} of the driver's heap": heap * DRIVER_HEAP_SHARE,
         }
-        check_result_size(config, algorithm, limits, "a deeper spark.tree_depth, or more spark.driver.memory")
+        check_result_size(runs, limits, "a deeper spark.tree_depth, or more spark.driver.memory")
 
     def _ship_package(self) -> None:
         """``addPyFile`` the ddrl package unless executors can import it.  The zip lives in Spark's own session
@@ -56,16 +56,18 @@ class ClassicEngine:
             self.spark_context.addPyFile(str(archive))
         _SHIPPED.add(self.spark_context.applicationId)
 
-    def run(self, work: Work, shipped: Mapping[str, Any], tasks: list[tuple[int, int]]) -> tuple[Partial, float]:
+    def run(self, jobs: Sequence[Job]) -> tuple[list[Partial], float]:
         timer = time.perf_counter()
-        broadcast = self.spark_context.broadcast(dict(shipped))
+        broadcast = self.spark_context.broadcast([dict(job.shipped) for job in jobs])
         ship_seconds = time.perf_counter() - timer
+        works = [job.work for job in jobs]
+        elements = [(index, task) for index, job in enumerate(jobs) for task in job.tasks]
         try:
-            partial = (
-                self.spark_context.parallelize(tasks, len(tasks))
-                .map(lambda task: work.run(broadcast.value, task))
-                .treeReduce(merge, depth=work.config.spark.tree_depth)
+            merged = (
+                self.spark_context.parallelize(elements, len(elements))
+                .map(lambda element: {element[0]: works[element[0]].run(broadcast.value[element[0]], element[1])})
+                .treeReduce(merge_by_job, depth=tree_depth([work.config for work in works]))
             )
         finally:
             broadcast.destroy()  # the job is over: free the driver's temp file and the executors' copies
-        return partial, ship_seconds
+        return [merged[index] for index in range(len(jobs))], ship_seconds

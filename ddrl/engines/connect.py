@@ -3,36 +3,36 @@
 
 Per iteration one DataFrame job: ``spark.range(0, N, 1, numPartitions=N).mapInArrow(run_tasks)``, one row and
 so one task per partition, with the payload in ``run_tasks``' closure (Connect sends the function with the
-plan).  Each task returns one Arrow row: its group and its result encoded as data (``encode_partial``, no
-pickle).  When ``spark.tree_depth`` calls for fewer partial results on the driver than there are tasks, a
-grouped merge (``groupBy("group").applyInArrow``) combines them on executors first; the driver merges the rest
-exactly, as on classic.  The client receives the rows with ``toArrow``.
+plan).  Each task returns one Arrow row: its job (the run it belongs to, where one Spark job carries several),
+its group and its result encoded as data (``encode_partial``, no pickle).  When ``spark.tree_depth`` calls for
+fewer partial results on the driver than there are tasks, a grouped merge (``groupBy("job", "group")
+.applyInArrow``) combines them on executors first; the driver merges the rest of each job exactly, as on
+classic.  The client receives the rows with ``toArrow``.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Sequence
 
 import pyarrow as pa
 
 from ddrl.algorithms import Algorithm
 from ddrl.config import Config, ConfigError
-from ddrl.engines import DRIVER_HEAP_SHARE, check_result_size, driver_fan_in, package_archive, size_in_bytes
+from ddrl.engines import DRIVER_HEAP_SHARE, Job, check_result_size, driver_fan_in, package_archive, size_in_bytes, tree_depth
 from ddrl.engines.work import Work
-from ddrl.merge import Partial, decode_partial, encode_partial, merge
+from ddrl.merge import Partial, decode_partial, encode_partial
 
 PAYLOAD_LIMIT_BYTES = 64 * 2**20
 """The largest payload a job may carry.  Connect has no broadcast: the client sends the task function with its
 closure inside the plan, in one gRPC message of at most 128 MiB (``spark.connect.grpc.maxInboundMessageSize``),
 so half of that is left for the rest of the plan.  A float32 PPO payload of 64 MiB is ~16M parameters."""
 
-RESULT_SCHEMA = pa.schema([("group", pa.int64()), ("partial", pa.binary())])
-_RESULT_DDL = "group long, partial binary"
+RESULT_SCHEMA = pa.schema([("job", pa.int64()), ("group", pa.int64()), ("partial", pa.binary())])
+_RESULT_DDL = "job long, group long, partial binary"
 
 _SHIPPED: set[str] = set()
 """Connect sessions this process has already shipped the ddrl package to."""
@@ -44,15 +44,16 @@ class ConnectEngine:
     def __init__(self, spark: Any) -> None:
         self.spark = spark
 
-    def prepare(self, config: Config, algorithm: Algorithm) -> None:
+    def prepare(self, runs: Sequence[tuple[Config, Algorithm]]) -> None:
         self._ship_package()
         from pyspark.serializers import CloudPickleSerializer  # what the client does to the closure, to measure it
 
-        payload = algorithm.task_payload(algorithm.initial_state(), 0)
-        payload_bytes = len(CloudPickleSerializer().dumps(payload))
+        payloads = [algorithm.task_payload(algorithm.initial_state(), 0) for _, algorithm in runs]
+        payload_bytes = sum(len(CloudPickleSerializer().dumps(payload)) for payload in payloads)
         if payload_bytes > PAYLOAD_LIMIT_BYTES:
+            runs_text = f" ({len(runs)} runs in one job)" if len(runs) > 1 else ""
             raise ConfigError(
-                f"spark: each iteration's payload is {payload_bytes / 2**20:.0f} MiB, over the "
+                f"spark: each iteration's payload is {payload_bytes / 2**20:.0f} MiB{runs_text}, over the "
                 f"{PAYLOAD_LIMIT_BYTES / 2**20:.0f} MiB a Spark Connect job can carry in its plan (Connect has no "
                 "broadcast): use a smaller model, or a classic session (single-user compute, spark-submit)"
             )
@@ -60,7 +61,7 @@ class ConnectEngine:
         driver_memory = self._conf("spark.driver.memory")  # the heap is out of a Connect client's sight
         if driver_memory:
             limits[f"{DRIVER_HEAP_SHARE:.0%} of spark.driver.memory"] = size_in_bytes(driver_memory) * DRIVER_HEAP_SHARE
-        check_result_size(config, algorithm, limits, "or a deeper spark.tree_depth")
+        check_result_size(runs, limits, "or a deeper spark.tree_depth")
 
     def _conf(self, key: str) -> str | None:
         try:
@@ -79,41 +80,49 @@ class ConnectEngine:
                 self.spark.addArtifacts(str(archive), pyfile=True)
         _SHIPPED.add(self.spark.session_id)
 
-    def run(self, work: Work, shipped: Mapping[str, Any], tasks: list[tuple[int, int]]) -> tuple[Partial, float]:
+    def run(self, jobs: Sequence[Job]) -> tuple[list[Partial], float]:
         timer = time.perf_counter()
-        groups = driver_fan_in(len(tasks), work.config.spark.tree_depth)
-        results = self.spark.range(0, len(tasks), 1, numPartitions=len(tasks)).mapInArrow(
-            _task_runner(work, dict(shipped), tasks, groups), _RESULT_DDL)
-        if groups < len(tasks):
+        elements = [(index, task) for index, job in enumerate(jobs) for task in job.tasks]
+        groups = driver_fan_in(len(elements), tree_depth([job.work.config for job in jobs]))
+        runner = _task_runner([job.work for job in jobs], [dict(job.shipped) for job in jobs], elements, groups)
+        results = self.spark.range(0, len(elements), 1, numPartitions=len(elements)).mapInArrow(runner, _RESULT_DDL)
+        if groups < len(elements):
             # repartition by group first, so that the grouped merge reuses that shuffle's partitions instead of
             # spark.sql.shuffle.partitions (200 by default) mostly empty ones
-            results = results.repartition(groups, "group").groupBy("group").applyInArrow(_merge_group, _RESULT_DDL)
+            results = results.repartition(groups, "group").groupBy("job", "group").applyInArrow(_merge_group, _RESULT_DDL)
         ship_seconds = time.perf_counter() - timer
         table = results.toArrow()
-        return functools.reduce(merge, map(decode_partial, table.column("partial").to_pylist())), ship_seconds
+        merged: dict[int, Partial] = {}
+        for job, data in zip(table.column("job").to_pylist(), table.column("partial").to_pylist()):
+            partial = decode_partial(data)
+            merged[job] = merged[job].merge(partial) if job in merged else partial
+        return [merged[index] for index in range(len(jobs))], ship_seconds
 
 
-def _task_runner(work: Work, shipped: dict[str, Any], tasks: list[tuple[int, int]], groups: int) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """The ``mapInArrow`` function: for each task index in its rows, run the task; ``shipped`` rides in its
-    closure."""
+def _task_runner(
+    works: list[Work], shipped: list[dict[str, Any]], elements: list[tuple[int, tuple[int, int]]], groups: int
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The ``mapInArrow`` function: for each element index in its rows, run that job's task; the payloads ride
+    in its closure."""
 
     def run_tasks(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for index in batch.column("id").to_pylist():
-                yield _result_row(index * groups // len(tasks), work.run(shipped, tasks[index]))
+                job, task = elements[index]
+                yield _result_row(job, index * groups // len(elements), works[job].run(shipped[job], task))
 
     return run_tasks
 
 
 def _merge_group(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """The grouped merge on an executor: every task result of one group into one."""
-    group, partial = None, None
+    """The grouped merge on an executor: every task result of one job's group into one."""
+    job, group, partial = None, None, None
     for batch in batches:
-        for group, data in zip(batch.column("group").to_pylist(), batch.column("partial").to_pylist()):
+        for job, group, data in zip(batch.column("job").to_pylist(), batch.column("group").to_pylist(), batch.column("partial").to_pylist()):
             partial = decode_partial(data) if partial is None else partial.merge(decode_partial(data))
     if partial is not None:
-        yield _result_row(group, partial)
+        yield _result_row(job, group, partial)
 
 
-def _result_row(group: int, partial: Partial) -> pa.RecordBatch:
-    return pa.RecordBatch.from_pydict({"group": [group], "partial": [encode_partial(partial)]}, schema=RESULT_SCHEMA)
+def _result_row(job: int, group: int, partial: Partial) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pydict({"job": [job], "group": [group], "partial": [encode_partial(partial)]}, schema=RESULT_SCHEMA)

@@ -15,6 +15,7 @@ from ddrl.config import Config
 from ddrl.merge import Partial
 from ddrl.policy import Policy
 from ddrl.seeding import seed_everything, task_slice
+from ddrl.worker_cache import WorkerCache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,22 +40,18 @@ class Work:
         return partial
 
 
-_EVALUATION_ENVS: dict[tuple[str, int], Any] = {}
+_EVALUATION_ENVS = WorkerCache(close=lambda vector_env: vector_env.close())
 
 
 def _evaluate_share(policy: Policy, config: Config, seeds: list[int], run_fingerprint: str) -> dict[str, Any]:
     """Greedy episodes of the shipped policy, one per seed, in an env vector cached per worker and config."""
     started = time.perf_counter()
-    key = (run_fingerprint, len(seeds))
-    if key not in _EVALUATION_ENVS:
-        for old in [old for old in _EVALUATION_ENVS if old[0] != run_fingerprint]:
-            _EVALUATION_ENVS.pop(old).close()
-        _EVALUATION_ENVS[key] = envs.make_evaluation_env(config.env, len(seeds))
-    returns, _ = envs.evaluate(policy.act_independently, config.env, len(seeds), seeds, _EVALUATION_ENVS[key])
+    vector_env = _EVALUATION_ENVS.get((run_fingerprint, len(seeds)), lambda: envs.make_evaluation_env(config.env, len(seeds)))
+    returns, _ = envs.evaluate(policy.act_independently, config.env, len(seeds), seeds, vector_env)
     return {"returns": returns, "seconds": time.perf_counter() - started}
 
 
-_frozen_for_run: str | None = None
+_frozen_for_runs: set[str] = set()
 
 
 def _freeze_long_lived_objects(run_fingerprint: str) -> None:
@@ -63,16 +60,15 @@ def _freeze_long_lived_objects(run_fingerprint: str) -> None:
 
     PySpark's daemon runs a full ``gc.collect()`` after every task of a reused worker, and over torch's objects
     that takes ~90 ms, during which the worker cannot start the next job's task.  Frozen objects are still
-    freed when their reference counts drop.  A worker that moves on to another config unfreezes first, so that
-    the cycles among the previous config's cached envs are collected.
+    freed when their reference counts drop.  Each new config unfreezes first, so that cycles among objects
+    the worker caches dropped since are collected.
     """
-    global _frozen_for_run
-    if _frozen_for_run == run_fingerprint:
+    if run_fingerprint in _frozen_for_runs:
         return
     gc.unfreeze()
     gc.collect()
     gc.freeze()
-    _frozen_for_run = run_fingerprint
+    _frozen_for_runs.add(run_fingerprint)
 
 
 def _limit_threads() -> None:
