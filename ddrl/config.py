@@ -141,7 +141,9 @@ def validate_model(model: type[BaseModel], data: Mapping[str, Any], prefix: str)
         first = error.errors()[0]
         field = prefix + ".".join(str(part) for part in first["loc"])
         message = first["msg"]
-        if first["type"] not in ("missing", "extra_forbidden"):
+        if first["type"] == "value_error":  # a model's own check: its message says what was wrong
+            message = message.removeprefix("Value error, ")
+        elif first["type"] not in ("missing", "extra_forbidden"):
             message += f" (got {first['input']!r})"
         elif first["type"] == "extra_forbidden":
             message = "unknown key"

@@ -125,9 +125,42 @@ def plot_runs(
     run_dirs: Sequence[str | Path], out: str | Path, labels: Sequence[str] | None = None, title: str | None = None, dpi: int = 100
 ) -> Path:
     """Write the learning curve of one or more runs to ``out`` (PNG); returns the path."""
-    out = Path(out)
+    return _save(learning_curve(run_dirs, labels, title), Path(out), dpi)
+
+
+def sweep_curves(table: pa.Table, best: str, title: str | None = None) -> Any:
+    """A matplotlib Figure of a sweep table (``ddrl.sweeps.report``): every trial's evaluations against env steps
+    and against wall time, thin, and the ``best`` trial thick and named."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import EngFormatter
+
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    by_steps, by_time = figure.subplots(1, 2, sharey=True)
+    columns = {name: np.asarray(table.column(name).to_numpy(zero_copy_only=False)) for name in ("trial", "eval_env_steps", "eval_return_mean", "wall_s")}
+    names = list(dict.fromkeys(columns["trial"].tolist()))
+    for index, name in enumerate(names):
+        rows = (columns["trial"] == name) & np.isfinite(columns["eval_return_mean"].astype(np.float64))
+        style = {"color": "black", "linewidth": 2.4, "zorder": 3, "label": f"best: {name}"} if name == best else {"color": f"C{index % 10}", "linewidth": 1, "alpha": 0.5}
+        by_steps.plot(columns["eval_env_steps"][rows], columns["eval_return_mean"][rows], **style)
+        by_time.plot(columns["wall_s"][rows], columns["eval_return_mean"][rows], **style)
+    by_steps.set_xlabel("env steps")
+    by_time.set_xlabel("sweep wall time (s)")
+    by_steps.set_ylabel("evaluation return")
+    for axis in (by_steps, by_time):
+        axis.grid(True, alpha=0.3)
+    by_steps.xaxis.set_major_formatter(EngFormatter(sep=""))
+    by_steps.legend(fontsize="small", loc="best")
+    figure.suptitle(title or f"sweep: {len(names)} trials")
+    return figure
+
+
+def plot_sweep(table: pa.Table, best: str, out: str | Path, title: str | None = None, dpi: int = 100) -> Path:
+    """Write ``sweep_curves`` to ``out`` (PNG); returns the path."""
+    return _save(sweep_curves(table, best, title), Path(out), dpi)
+
+
+def _save(figure: Any, out: Path, dpi: int) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
-    figure = learning_curve(run_dirs, labels, title)
     temporary = out.with_name(f".{out.name}.tmp")
     try:
         figure.savefig(temporary, format=out.suffix.lstrip(".") or "png", dpi=dpi)

@@ -111,9 +111,14 @@ class Run:
                 path.unlink()
 
     def read_metrics(self) -> pa.Table:
-        paths = sorted((self.directory / METRICS_DIR).glob("iteration-*.parquet"))
-        tables = [pq.read_table(path) for path in paths]
-        return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+        return read_metrics(self.directory)
+
+
+def read_metrics(directory: Path) -> pa.Table:
+    """A run directory's metrics, one row per iteration in iteration order (an empty table before the first)."""
+    paths = sorted((directory / METRICS_DIR).glob("iteration-*.parquet"))
+    tables = [pq.read_table(path) for path in paths]
+    return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
 
 
 def _described(config: Config) -> EnvInfo:

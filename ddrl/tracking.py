@@ -113,27 +113,30 @@ class LearningCurveObserver(_Guarded):
         self.last_written = time.monotonic()
 
 
-_OPEN_RUN: dict[str, str] = {}
-"""The MLflow run an MlflowObserver started and has not ended yet (run_id), e.g. after a training error."""
+_OPEN_RUNS: list[str] = []
+"""MLflow runs that observers started and have not ended yet (run ids), e.g. after a training error; a sweep
+holds its parent run and a child run per live trial."""
 
 
-def _end_abandoned_run(status: str = "FAILED") -> None:
-    run_id = _OPEN_RUN.pop("run_id", None)
-    if run_id is None:
-        return
-    try:
-        import mlflow
+def _end_runs(status: str = "FAILED", run_id: str | None = None) -> None:
+    """End ``run_id`` (default: every run still open) with ``status``."""
+    for open_run in [run_id] if run_id is not None else list(reversed(_OPEN_RUNS)):
+        if open_run not in _OPEN_RUNS:
+            continue
+        _OPEN_RUNS.remove(open_run)
+        try:
+            import mlflow
 
-        active = mlflow.active_run()
-        if active is not None and active.info.run_id == run_id:
-            mlflow.end_run(status=status)
-        else:
-            mlflow.MlflowClient().set_terminated(run_id, status=status)
-    except Exception:  # noqa: BLE001 - best effort at exit
-        pass
+            active = mlflow.active_run()
+            if active is not None and active.info.run_id == open_run:
+                mlflow.end_run(status=status)
+            else:
+                mlflow.MlflowClient().set_terminated(open_run, status=status)
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
 
 
-atexit.register(_end_abandoned_run)  # runs before mlflow's own atexit hook, which would mark it FINISHED
+atexit.register(_end_runs)  # runs before mlflow's own atexit hook, which would mark them FINISHED
 
 
 class MlflowObserver(_Guarded):
@@ -149,14 +152,16 @@ class MlflowObserver(_Guarded):
       actions out, normalization included (``log_model=False`` skips them).
 
     A run already active when training starts (opened by the caller) is used and left open; otherwise the
-    observer starts one named after the run directory and ends it.  A resumed run continues its MLflow run.
+    observer starts one named after the run directory and ends it.  With ``parent_run_id`` (a sweep's trial) it
+    starts a child run of that run instead, whatever is active.  A resumed run continues its MLflow run.
     """
 
     name = "MLflow"
 
-    def __init__(self, experiment: str | None = None, log_model: bool = True) -> None:
+    def __init__(self, experiment: str | None = None, log_model: bool = True, parent_run_id: str | None = None) -> None:
         self.experiment = experiment
         self.log_model = log_model
+        self.parent_run_id = parent_run_id
         self.run_id: str | None = None
         self.model_uri: str | None = None
         self.best_model_uri: str | None = None
@@ -176,27 +181,34 @@ class MlflowObserver(_Guarded):
             return
         self._guard("on_end", self._finish, result)
         if self.failed and self.owns_run:  # whatever failed, close the run
-            _end_abandoned_run("FAILED")
+            _end_runs("FAILED", self.run_id)
 
     # ---- work ------------------------------------------------------------------------------------------------
     def _start(self, run: "Run") -> None:
         import mlflow
 
-        _end_abandoned_run("FAILED")  # a previous run in this process stopped with an error
-        if self.experiment is not None:
-            mlflow.set_experiment(self.experiment)
-        self.directory = run.directory
-        active = mlflow.active_run()
-        previous = self._previous_run_id(run) if run.resumed else None
-        if active is not None:
-            self.owns_run = False
-            self.run_id = active.info.run_id
-        else:
-            started = mlflow.start_run(run_id=previous, run_name=None if previous else run.directory.name)
-            self.owns_run = True
-            self.run_id = started.info.run_id
-            _OPEN_RUN["run_id"] = self.run_id
         client = mlflow.MlflowClient()
+        self.directory = run.directory
+        previous = _recorded_run_id(run.directory / MLFLOW_RUN_FILE) if run.resumed else None
+        if self.parent_run_id is not None:  # several children are open at once: none is the active run
+            experiment_id = client.get_run(self.parent_run_id).info.experiment_id
+            tags = {"mlflow.parentRunId": self.parent_run_id}
+            self.run_id = previous or client.create_run(experiment_id, run_name=run.directory.name, tags=tags).info.run_id
+            self.owns_run = True
+            _OPEN_RUNS.append(self.run_id) if self.run_id not in _OPEN_RUNS else None
+        else:
+            _end_runs("FAILED")  # a previous run in this process stopped with an error
+            if self.experiment is not None:
+                mlflow.set_experiment(self.experiment)
+            active = mlflow.active_run()
+            if active is not None:
+                self.owns_run = False
+                self.run_id = active.info.run_id
+            else:
+                started = mlflow.start_run(run_id=previous, run_name=None if previous else run.directory.name)
+                self.owns_run = True
+                self.run_id = started.info.run_id
+                _OPEN_RUNS.append(self.run_id) if self.run_id not in _OPEN_RUNS else None
         client.set_tag(self.run_id, "ddrl.run_dir", str(run.directory))
         client.set_tag(self.run_id, "ddrl.algo", run.config.algo)
         client.set_tag(self.run_id, "ddrl.env", run.config.env.id)
@@ -206,22 +218,6 @@ class MlflowObserver(_Guarded):
         record = {"run_id": self.run_id, "tracking_uri": mlflow.get_tracking_uri()}
         (run.directory / MLFLOW_RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
         log.info("MLflow: logging to run %s at %s", self.run_id, record["tracking_uri"])
-
-    @staticmethod
-    def _previous_run_id(run: "Run") -> str | None:
-        import mlflow
-
-        try:
-            record = json.loads((run.directory / MLFLOW_RUN_FILE).read_text())
-        except (OSError, ValueError):
-            return None
-        if record.get("tracking_uri") != mlflow.get_tracking_uri():
-            return None
-        try:
-            mlflow.MlflowClient().get_run(record["run_id"])
-        except Exception:  # noqa: BLE001 - deleted, or another store
-            return None
-        return record["run_id"]
 
     def _log_iteration(self, iteration: int, metrics: dict[str, Any]) -> None:
         import mlflow
@@ -259,8 +255,75 @@ class MlflowObserver(_Guarded):
             if result.best_policy_dir is not None:
                 self.best_model_uri = _log_serving_model(load_policy(result.best_policy_dir), run_id, BEST_MODEL_NAME)
         if self.owns_run:
-            mlflow.end_run()
-            _OPEN_RUN.pop("run_id", None)
+            _end_runs("FINISHED", run_id)
+
+
+class SweepMlflow(_Guarded):
+    """A sweep's MLflow parent run: its params, and at the end its best trial's figures, the sweep table, plot and
+    summary; each trial logs a child run (``trial_observer``).  A run already active (a notebook's) is the parent
+    and is left open; a resumed sweep continues its parent run (SWEEP_DIR/mlflow_run.json)."""
+
+    name = "MLflow (sweep)"
+
+    def __init__(self) -> None:
+        self.run_id: str | None = None
+        self.owns_run = False
+
+    def start(self, directory: Path, params: Mapping[str, Any]) -> None:
+        self._guard("start", self._start, directory, params)
+
+    def trial_observer(self) -> "MlflowObserver | None":
+        """The observer of one trial's child run, while the parent run is healthy."""
+        return MlflowObserver(parent_run_id=self.run_id) if self.run_id is not None and not self.failed else None
+
+    def end(self, metrics: Mapping[str, float], artifacts: list[Path]) -> None:
+        if self.run_id is not None:
+            self._guard("end", self._end, metrics, artifacts)
+
+    def _start(self, directory: Path, params: Mapping[str, Any]) -> None:
+        import mlflow
+
+        record_path = directory / MLFLOW_RUN_FILE
+        active = mlflow.active_run()
+        if active is not None:
+            self.run_id = active.info.run_id
+        else:
+            previous = _recorded_run_id(record_path)
+            self.run_id = mlflow.start_run(run_id=previous, run_name=None if previous else directory.name).info.run_id
+            self.owns_run = True
+            _OPEN_RUNS.append(self.run_id) if self.run_id not in _OPEN_RUNS else None
+            if previous is None:
+                mlflow.log_params(dict(params), run_id=self.run_id)
+        mlflow.MlflowClient().set_tag(self.run_id, "ddrl.sweep_dir", str(directory))
+        record_path.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": mlflow.get_tracking_uri()}, indent=2) + "\n")
+
+    def _end(self, metrics: Mapping[str, float], artifacts: list[Path]) -> None:
+        import mlflow
+
+        mlflow.log_metrics({key: float(value) for key, value in metrics.items() if _finite(value)}, run_id=self.run_id)
+        client = mlflow.MlflowClient()
+        for path in artifacts:
+            if path.exists():
+                client.log_artifact(self.run_id, str(path))
+        if self.owns_run:
+            _end_runs("FINISHED", self.run_id)
+
+
+def _recorded_run_id(record_path: Path) -> str | None:
+    """The MLflow run a run or sweep directory recorded, if it still exists in the current tracking store."""
+    import mlflow
+
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("tracking_uri") != mlflow.get_tracking_uri():
+        return None
+    try:
+        mlflow.MlflowClient().get_run(record["run_id"])
+    except Exception:  # noqa: BLE001 - deleted, or another store
+        return None
+    return record["run_id"]
 
 
 def _log_serving_model(policy: Any, run_id: str, name: str) -> str | None:

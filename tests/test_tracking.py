@@ -37,7 +37,7 @@ def mlflow_store(tmp_path, monkeypatch, no_mlflow_env):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "ddrl-tests")
     yield mlflow.MlflowClient(uri)
-    tracking._end_abandoned_run()
+    tracking._end_runs()
 
 
 # ---- switching MLflow on and off (no Spark) ------------------------------------------------------------------
