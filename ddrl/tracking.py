@@ -273,12 +273,14 @@ class SweepMlflow(_Guarded):
         self._guard("start", self._start, directory, params)
 
     def trial_observer(self) -> "MlflowObserver | None":
-        """The observer of one trial's child run, while the parent run is healthy."""
-        return MlflowObserver(parent_run_id=self.run_id) if self.run_id is not None and not self.failed else None
+        """The observer of one trial's child run, while the parent run is healthy.  Trials log their policy files
+        but no served model (a torch.export per trial would cost seconds each); the parent holds the best one's."""
+        return MlflowObserver(log_model=False, parent_run_id=self.run_id) if self.run_id is not None and not self.failed else None
 
-    def end(self, metrics: Mapping[str, float], artifacts: list[Path]) -> None:
+    def end(self, metrics: Mapping[str, float], artifacts: list[Path], best_policy_dir: Path) -> None:
+        """Log the sweep's figures, its files, and the best trial's policy (as ``best_policy/``)."""
         if self.run_id is not None:
-            self._guard("end", self._end, metrics, artifacts)
+            self._guard("end", self._end, metrics, artifacts, best_policy_dir)
 
     def _start(self, directory: Path, params: Mapping[str, Any]) -> None:
         import mlflow
@@ -297,14 +299,14 @@ class SweepMlflow(_Guarded):
         mlflow.MlflowClient().set_tag(self.run_id, "ddrl.sweep_dir", str(directory))
         record_path.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": mlflow.get_tracking_uri()}, indent=2) + "\n")
 
-    def _end(self, metrics: Mapping[str, float], artifacts: list[Path]) -> None:
+    def _end(self, metrics: Mapping[str, float], artifacts: list[Path], best_policy_dir: Path) -> None:
         import mlflow
 
         mlflow.log_metrics({key: float(value) for key, value in metrics.items() if _finite(value)}, run_id=self.run_id)
         client = mlflow.MlflowClient()
         for path in artifacts:
-            if path.exists():
-                client.log_artifact(self.run_id, str(path))
+            client.log_artifact(self.run_id, str(path))
+        client.log_artifacts(self.run_id, str(best_policy_dir), "best_policy")
         if self.owns_run:
             _end_runs("FINISHED", self.run_id)
 

@@ -24,7 +24,9 @@ Parts (``--only`` takes one or more, comma-separated or repeated; default all, i
 * ``time_to_target`` wall time to SB3's 15-minute return on HalfCheetah-v5 and Hopper-v5: SB3 PPO (rl-zoo) on one
                   core against ddrl's tuned PPO on local[2] and local[1] (#12);
 * ``pixels``      PPO from pixels on MinAtar Breakout (and, with ``--atari-steps``, Atari Breakout): returns, wall
-                  time and env steps per second against the raw env's rate (#13).
+                  time and env steps per second against the raw env's rate (#13);
+* ``sweep``       16 CartPole trials (4 learning rates x 4 seeds) in one jobs/sweep.py process against one trial,
+                  whole processes on local[2]: a plain grid and successive halving (#14).
 
 The in-process parts (throughput, breakdown, cost_model) share one Spark session, stopped before the parts that
 start their own processes, so that at most one Spark session runs at a time.  ``--quick`` shrinks every part to
@@ -66,12 +68,13 @@ from jobs.benchmark_parts.rounds import rounds
 from jobs.benchmark_parts.sb3 import sb3_cartpole, sb3_mujoco
 from jobs.benchmark_parts.scaling import scaling
 from jobs.benchmark_parts.simulated_cluster import simulated_cluster
+from jobs.benchmark_parts.sweep import sweep
 from jobs.benchmark_parts.throughput import throughput
 from jobs.benchmark_parts.time_to_target import time_to_target
 from jobs.benchmark_parts.vs_sb3 import vs_sb3
 
 PARTS = ("throughput", "breakdown", "cost_model", "rounds", "large_model", "scaling", "vs_sb3", "halfcheetah", "connect",
-         "simulated_cluster", "time_to_target", "pixels")
+         "simulated_cluster", "time_to_target", "pixels", "sweep")
 """In running order: the in-process parts first (one Spark session), then those that start their own."""
 IN_PROCESS = ("throughput", "breakdown", "cost_model", "rounds", "large_model")
 
@@ -88,6 +91,7 @@ RUNNERS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "simulated_cluster": simulated_cluster,
     "time_to_target": time_to_target,
     "pixels": pixels,
+    "sweep": sweep,
 }
 
 

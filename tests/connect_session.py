@@ -4,7 +4,8 @@ will not start beside an existing SparkContext): ``python connect_session.py SCE
 The process is meant to run with a Python that has ddrl's dependencies but not ddrl itself, and without this
 checkout on PYTHONPATH: the driver imports ddrl and the tests' env modules from ``sys.path`` entries of its own,
 so executors can import them only as ddrl ships itself (``addArtifacts``) and as the scenarios ship the env
-module, the way a user would.  Each scenario's outcome goes into the report; the tests read the run directories.
+module, the way a user would.  Each scenario (a run, or a sweep where it has ``sweep``) has its outcome in the report; the tests read the run
+directories.
 """
 
 from __future__ import annotations
@@ -30,9 +31,13 @@ def main(scenarios_path: str, report_path: str) -> None:
     for scenario in json.loads(Path(scenarios_path).read_text()):
         connect.PAYLOAD_LIMIT_BYTES = scenario.get("payload_limit_bytes", payload_limit)
         try:
-            result = ddrl.train(spark, scenario["config"], run_dir=scenario.get("run_dir"), resume=scenario.get("resume"), observers=[])
-            outcome = {"outcome": "trained", "iterations": result.iterations, "env_steps": result.env_steps,
-                       "eval_return_mean": result.eval_return_mean, "solved": result.solved}
+            if "sweep" in scenario:
+                swept = ddrl.sweep(spark, scenario["config"], out=scenario["out"], track=False, **scenario["sweep"])
+                outcome = {"outcome": "swept", "trials": [trial.status for trial in swept.trials]}
+            else:
+                result = ddrl.train(spark, scenario["config"], run_dir=scenario.get("run_dir"), resume=scenario.get("resume"), observers=[])
+                outcome = {"outcome": "trained", "iterations": result.iterations, "env_steps": result.env_steps,
+                           "eval_return_mean": result.eval_return_mean, "solved": result.solved}
         except (ddrl.ConfigError, ddrl.TrainingError) as error:
             outcome = {"outcome": type(error).__name__, "message": str(error)}
         report["scenarios"][scenario["name"]] = outcome

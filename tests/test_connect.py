@@ -27,6 +27,10 @@ for _module in ("grpc", "grpc_status", "google.rpc", "zstandard", "pandas"):
 
 
 
+POPULATION = {"seeds": 4, "pbt": {"interval": 2}}
+"""A PBT sweep of 4 trials of 2 tasks: 8 tasks a job, merged in 2 groups (job, group) on executors first."""
+
+
 def _forget_after_first_iteration(run_dir: Path) -> None:
     """As if the driver had died after checkpointing iteration 1 of 3."""
     for name in ("ckpt-000002", "ckpt-000003"):
@@ -50,6 +54,8 @@ def sessions(spark, tmp_path_factory):
     }
     for config, run_dir in classic.values():
         ddrl.train(spark, config, run_dir=run_dir, observers=[])
+    population = small_ppo_config(tmp, train={"total_env_steps": 4 * 64 * 2 * 4})
+    ddrl.sweep(spark, population, out=tmp / "classic-sweep", track=False, **POPULATION)
     shutil.copytree(tmp / "classic-short", tmp / "classic-then-connect")
     _forget_after_first_iteration(tmp / "classic-then-connect")
 
@@ -65,6 +71,7 @@ def sessions(spark, tmp_path_factory):
         {"name": "resume", "config": short, "resume": str(tmp / "classic-then-connect")},
         {"name": "payload_limit", "config": short, "run_dir": str(tmp / "connect-payload"), "payload_limit_bytes": 1000},
         {"name": "result_size", "config": too_large_results, "run_dir": str(tmp / "connect-result-size")},
+        {"name": "sweep", "config": population, "out": str(tmp / "connect-sweep"), "sweep": POPULATION},
     ]
     (tmp / "scenarios.json").write_text(json.dumps(scenarios))
     python = fresh_venv(tmp / "venv-without-ddrl")
@@ -97,6 +104,14 @@ def test_connect_gives_the_classic_parameters_and_metrics(sessions, name):
             for kind in ("classic", "connect")}
     assert [{k: v for k, v in row.items() if k not in timings} for row in rows["connect"]] == \
         [{k: v for k, v in row.items() if k not in timings} for row in rows["classic"]]
+
+
+def test_a_sweep_on_connect_gives_the_classic_trials(sessions):
+    tmp, scenarios, _ = sessions
+    assert scenarios["sweep"] == {"outcome": "swept", "trials": ["finished"] * 4}, scenarios["sweep"]
+    for trial in ("trial-000", "trial-001", "trial-002", "trial-003"):
+        assert np.array_equal(final_params(tmp / "connect-sweep" / "trials" / trial), final_params(tmp / "classic-sweep" / "trials" / trial)), trial
+    assert json.loads((tmp / "connect-sweep" / "state.json").read_text()) == json.loads((tmp / "classic-sweep" / "state.json").read_text())
 
 
 def test_a_task_failing_on_its_first_attempt_is_retried_with_the_same_result(sessions):

@@ -207,3 +207,21 @@ def test_mlflow_serves_image_policies_and_keeps_dict_policies_as_artifacts(spark
         else:  # a Dict: no served model, the policy artifacts only
             assert observer.model_uri is None
         assert evaluate.main([str(tmp_path / env_name), "--episodes", "4"]) == 0
+
+
+def test_a_sweep_logs_a_parent_run_with_a_child_run_per_trial(spark, tmp_path, mlflow_store):
+    config = small_ppo_config(tmp_path, train={"total_env_steps": 2 * 4 * 64 * 2})
+    result = ddrl.sweep(spark, config, grid={"ppo.learning_rate": [1e-3, 3e-3]}, out=tmp_path / "sweep")
+    parent_id = json.loads((tmp_path / "sweep" / tracking.MLFLOW_RUN_FILE).read_text())["run_id"]
+    parent = mlflow_store.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["ddrl.sweep_dir"] == str(tmp_path / "sweep")
+    assert parent.data.params["sweep.grid.ppo.learning_rate"] == "[0.001, 0.003]"
+    assert parent.data.metrics["best_eval_return_mean"] == pytest.approx(result.best.eval_return_mean)
+    assert {"sweep.parquet", "sweep.png", "summary.txt", "best_policy"} <= {item.path for item in mlflow_store.list_artifacts(parent_id)}
+    children = mlflow_store.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+    assert sorted(child.info.run_name for child in children) == ["trial-000", "trial-001"]
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.params["ppo.learning_rate"] in ("0.001", "0.003")
+        assert len(mlflow_store.get_metric_history(child.info.run_id, "eval_return_mean")) == 2
+        assert json.loads((tmp_path / "sweep" / "trials" / child.info.run_name / tracking.MLFLOW_RUN_FILE).read_text())["run_id"] == child.info.run_id

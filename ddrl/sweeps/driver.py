@@ -315,5 +315,5 @@ class _Sweep:
         artifacts = report.write(self.directory, table, summary, best.name)
         if self.mlflow is not None:
             metrics = {"best_eval_return_mean": best.eval_return_mean, "trials": len(outcomes), "wall_seconds": wall_seconds}
-            self.mlflow.end(metrics, artifacts)
+            self.mlflow.end(metrics, artifacts, best.run_dir / "policy")
         return SweepResult(self.directory, outcomes, best, table, summary, wall_seconds)
