@@ -75,6 +75,16 @@ def test_a_grid_runs_every_trial_as_a_normal_run_with_a_table_a_plot_and_a_summa
     assert f"best: {result.best.name}" in result.summary and result.summary == (result.directory / "summary.txt").read_text()
 
 
+def test_each_iteration_of_every_live_trial_is_one_spark_job(spark, tmp_path):
+    spark.sparkContext.setJobGroup("one-job-per-iteration", "a sweep of 4 trials, 3 iterations each")
+    try:
+        result = ddrl.sweep(spark, _config(tmp_path), out=tmp_path / "sweep", track=False, **GRID)
+    finally:
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+    jobs = spark.sparkContext.statusTracker().getJobIdsForGroup("one-job-per-iteration")
+    assert len(result.trials) == 4 and len(jobs) == 3
+
+
 def test_a_trial_equals_its_config_trained_alone(spark, sweeps, tmp_path):
     trial = sweeps["grid"].trials[3]
     config = _config(tmp_path)
@@ -218,3 +228,39 @@ def test_a_bad_sweep_gets_one_line_before_spark_starts(tmp_path, args, expected)
     assert completed.returncode == 2, completed.stdout + completed.stderr
     assert completed.stderr.startswith(expected) and completed.stderr.count("\n") == 1, completed.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_random_search_samples_each_range_from_the_config_seed(tmp_path):
+    from ddrl import config as config_module
+    from ddrl.sweeps.spec import load_spec, plan
+
+    base = config_module.load(_config(tmp_path))
+    spec = load_spec({"grid": {"ppo.update_epochs": [2, 3]}, "trials": 5,
+                      "random": {"ppo.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}, "ppo.num_minibatches": {"low": 1, "high": 4}}})
+    trials = plan(base, spec)
+    assert len(trials) == 2 * 5
+    rates = [trial.values["ppo.learning_rate"] for trial in trials]
+    assert all(1e-4 <= rate <= 1e-2 for rate in rates) and len(set(rates)) == 5  # the same 5 samples at each grid point
+    assert all(isinstance(trial.values["ppo.num_minibatches"], int) and 1 <= trial.values["ppo.num_minibatches"] <= 4 for trial in trials)
+    assert [trial.config.hyperparameters.learning_rate for trial in trials] == rates
+    assert [trial.values for trial in plan(base, spec)] == [trial.values for trial in trials]
+    reseeded = plan(config_module.load(_config(tmp_path), ["seed=8"]), spec)
+    assert [trial.values["ppo.learning_rate"] for trial in reseeded] != rates
+
+
+def test_pbt_perturbs_what_the_config_allows_and_draws_from_the_sweep_seed(tmp_path):
+    from ddrl import config as config_module
+    from ddrl.sweeps.schedulers import exploit_and_explore
+    from ddrl.sweeps.spec import PbtSpec, perturbed_keys
+
+    configs = {f"trial-00{index}": config_module.load(_config(tmp_path), [f"seed={index}", "ppo.clip_coef=1.0"]) for index in range(4)}
+    scores = {"trial-000": 10.0, "trial-001": float("nan"), "trial-002": 30.0, "trial-003": 20.0}
+    pbt = PbtSpec(interval=2, quantile=0.25, factors=[1.2])
+    keys = perturbed_keys(configs["trial-000"], pbt)
+    assert keys == ["ppo.learning_rate", "ppo.ent_coef", "ppo.clip_coef"]
+    (exploit,) = exploit_and_explore(scores, configs, pbt, keys, sweep_seed=7, generation=0)
+    assert (exploit.recipient, exploit.donor) == ("trial-001", "trial-002")  # never evaluated ranks last
+    assert exploit.values == {"ppo.learning_rate": pytest.approx(2.5e-4 * 1.2), "ppo.ent_coef": 0.0, "ppo.clip_coef": 1.0}  # 1.2 is over clip's limit
+    assert exploit_and_explore(scores, configs, pbt, keys, 7, 0) == [exploit]
+    es = config_module.load({"name": "es", "algo": "es", "env": {"id": "CartPole-v1"}, "train": {"total_env_steps": 1000}, "es": {"num_directions": 4}})
+    assert perturbed_keys(es, pbt) == ["es.learning_rate", "es.sigma"]
