@@ -6,8 +6,10 @@ which runs the tasks and gives back their exact merge (``ddrl.merge``, so arriva
 driver applies the merged result, logs and checkpoints.  On evaluation iterations the same job also evaluates
 the shipped policy: every task runs its share of the episodes, each seeded from (run seed, iteration,
 episode), so the result does not depend on the task count; the stop rule and the best policy kept
-(``train.keep_best``) go by these evaluations.  Nothing here knows which algorithm runs (``ddrl.algorithms``)
-or which Spark API runs the tasks (``ddrl.engines``).
+(``train.keep_best``) go by these evaluations.  ``RunLoop`` holds one run's loop an iteration at a time and
+``step`` runs one Spark job for the next iteration of several runs, so that a sweep (``ddrl.sweeps``) steps its
+trials together.  Nothing here knows which algorithm runs (``ddrl.algorithms``) or which Spark API runs the
+tasks (``ddrl.engines``).
 """
 
 from __future__ import annotations
