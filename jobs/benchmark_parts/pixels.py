@@ -6,11 +6,14 @@ reports its evaluations on the way (whole games: the life-loss and reward-clippi
 its final evaluation, wall time and env steps per second, beside the raw vector env's rate with random actions.
 CleanRL's ``ppo_atari.py`` publishes 414.66 +- 28.09 on BreakoutNoFrameskip-v4 after 10M frames (2.5M agent
 steps; its docs, docs/rl-algorithms/ppo.md); its curve at smaller frame counts is only on its W&B reports, which
-this machine cannot reach.  Env steps here are agent steps (4 frames each on Atari).
+this machine cannot reach.  Env steps here are agent steps (4 frames each on Atari).  Where EnvPool is installed
+(``.venv/bin/pip install envpool==1.2.5``, about 740 MB with its assets), the part also measures it against
+gymnasium's vector env on Breakout.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from jobs.benchmark_parts.common import Bench, load_average, parse_train_output, read_run_metrics, row, run_process, train_command
@@ -46,5 +49,51 @@ def pixels(bench: Bench) -> dict[str, Any]:
         ]
         data[name] = {**parsed, "returncode": result["returncode"], "log": result["log"], "raw_steps_per_s": raw, "evaluations": evaluations}
     rows.append(row("Atari Breakout", "CleanRL ppo_atari.py, published, 10M frames", CLEANRL_BREAKOUT_10M_FRAMES))
+    if importlib.util.find_spec("envpool") is not None:
+        rows += envpool_against_gymnasium(sizes)
     data["load_average"] = load_average()
     return {"rows": rows, "data": data}
+
+
+def envpool_against_gymnasium(sizes: Any, num_envs: int = 4) -> list[dict[str, Any]]:
+    """Breakout's preprocessed training env (a lost life ends an episode, rewards clipped, 4 stacked 84x84 frames)
+    stepped with random actions by EnvPool on one thread (a task's one CPU) and by ddrl's gymnasium vector env, and
+    what each costs to get to a newly seeded start: EnvPool takes seeds only when it is made (its reset ignores
+    them), while a task reseeds its cached gymnasium envs with ``reset(seed=...)``."""
+    import time
+
+    import envpool
+    import numpy as np
+
+    from ddrl import config as config_module
+    from ddrl import envs
+
+    config = config_module.load("conf/breakout_ppo.yaml")
+    options = {"num_envs": num_envs, "num_threads": 1, "episodic_life": True, "reward_clip": True, "noop_max": 30,
+               "repeat_action_probability": 0.0, "stack_num": 4, "img_height": 84, "img_width": 84, "frame_skip": 4}
+    pool = envpool.make_gymnasium("Breakout-v5", seed=0, **options)
+    pool.reset()
+    actions = np.random.default_rng(0).integers(0, 4, (256, num_envs))
+    rates = []
+    for _ in range(sizes.repetitions + 1):  # the first is a warm-up
+        steps, started = 0, time.perf_counter()
+        while time.perf_counter() - started < sizes.raw_seconds:
+            for action in actions:
+                pool.step(action)
+            steps += actions.size
+        rates.append(steps / (time.perf_counter() - started))
+    started = time.perf_counter()
+    envpool.make_gymnasium("Breakout-v5", seed=1, **options).reset()
+    remake = time.perf_counter() - started
+    vector_env = envs.make_vector_env(config.env, num_envs)
+    vector_env.reset(seed=0)
+    started = time.perf_counter()
+    vector_env.reset(seed=[1 + index for index in range(num_envs)])
+    reseed = time.perf_counter() - started
+    vector_env.close()
+    gymnasium_rate = raw_env_rate(config.env, num_envs, sizes.raw_seconds, sizes.repetitions)
+    return [
+        row("Atari Breakout, training env", f"EnvPool 1 thread / gymnasium vector env, random actions ({num_envs} envs)",
+            f"{sorted(rates[1:])[len(rates[1:]) // 2]:,.0f} / {gymnasium_rate:,.0f}", "steps/s"),
+        row("Atari Breakout, training env", "to a newly seeded start: EnvPool made anew / gymnasium reset(seed=...)", f"{remake:.3f} / {reseed:.3f}", "s"),
+    ]
