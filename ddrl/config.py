@@ -41,6 +41,15 @@ class WrapperConfig(StrictModel):
     )
 
 
+class EnvPoolConfig(StrictModel):
+    """Training envs from EnvPool (``envpool.make_gymnasium``) instead of gymnasium's vector env: ``id`` is EnvPool's
+    task id, ``kwargs`` its options (its own preprocessing: the config's wrappers do not apply to these envs).
+    Evaluations stay on gymnasium's env (``env.id`` and its wrappers), whose spaces EnvPool's must equal."""
+
+    id: str = Field(min_length=1, description="EnvPool's task id, e.g. 'Breakout-v5'.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Options of envpool.make_gymnasium; num_threads 1 by default.")
+
+
 class EnvConfig(StrictModel):
     id: str = Field(min_length=1, description="A registered gymnasium id, or 'package.module:ClassName'.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the env.")
@@ -52,6 +61,7 @@ class EnvConfig(StrictModel):
         "entry named action_mask_key, if there is one."
     )
     action_mask_key: str = Field("action_mask", min_length=1)
+    envpool: EnvPoolConfig | None = Field(None, description="Step training envs with EnvPool (package envpool).")
 
 
 class SparkConfig(StrictModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import importlib.util
 import re
 from typing import Any, Callable, Literal, Sequence
 
@@ -13,7 +14,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 
 from ddrl import spaces
-from ddrl.config import ConfigError, EnvConfig
+from ddrl.config import ConfigError, EnvConfig, EnvPoolConfig
 from ddrl.spaces import ActionSpec, ObservationPart, ObservationSpec
 
 
@@ -101,6 +102,8 @@ def describe(env: EnvConfig) -> EnvInfo:
         mask = _mask_source(env, single, observation_space, action)
     finally:
         single.close()
+    if env.envpool is not None:
+        _check_envpool(env, observation_space, action_space)
     if [index for index, _ in evaluation_wrappers] != [index for index, _ in wrappers]:  # wrapped otherwise: same spaces?
         evaluation = _wrapped(gym.make(env_id, **_make_kwargs(env)), env, evaluation_wrappers)
         evaluation.close()
@@ -160,10 +163,13 @@ def make_env(env: EnvConfig, **kwargs: Any) -> gym.Env:
 
 
 def make_vector_env(env: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
-    """The env's native vector version where it has one, else a synchronous vector of single envs.
+    """The training vector env: EnvPool's where ``env.envpool`` says so, else the env's native vector version where
+    it has one, else a synchronous vector of single envs.
 
     Every vector env here autoresets on the step after an episode ends (``AutoresetMode.NEXT_STEP``).
     """
+    if env.envpool is not None:
+        return SeededEnvPool(env.envpool, num_envs)
     mode = {"vectorization_mode": "sync"} if env.wrappers else {}  # a native vector env takes no per-env wrappers
     wrappers = [wrap for _, wrap in _wrappers(env)] or None
     vector_env = gym.make_vec(_registered_id(env.id), num_envs, wrappers=wrappers, **mode, **_make_kwargs(env))
@@ -171,6 +177,48 @@ def make_vector_env(env: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
     if mode != AutoresetMode.NEXT_STEP:
         raise ConfigError(f"env.id: {env.id} vector env autoresets in mode {mode}; NEXT_STEP is required")
     return vector_env
+
+
+class SeededEnvPool(gym.vector.VectorWrapper):
+    """An EnvPool vector env that ``reset(seed=s)`` reseeds as gymnasium's vector envs do, sub-env ``i`` from
+    ``s + i``.  EnvPool takes seeds only when it is made (its reset ignores them), so a seeded reset makes it anew:
+    a task's rollout then depends on its seed alone, not on what the worker's envs ran before."""
+
+    def __init__(self, config: EnvPoolConfig, num_envs: int, seed: int = 0) -> None:
+        self.config = config
+        super().__init__(_make_envpool(config, num_envs, seed))
+
+    def reset(self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        if seed is not None:
+            first = seed if isinstance(seed, int) else seed[0]
+            if not isinstance(seed, int) and list(seed) != list(range(first, first + len(seed))):
+                raise ValueError(f"EnvPool seeds its envs s, s + 1, ...: seeds {list(seed)} cannot be given")
+            num_envs = self.env.num_envs
+            self.env.close()
+            self.env = _make_envpool(self.config, num_envs, first)
+        return self.env.reset(options=options)
+
+
+def _make_envpool(config: EnvPoolConfig, num_envs: int, seed: int) -> gym.vector.VectorEnv:
+    import envpool
+
+    return envpool.make_gymnasium(config.id, num_envs=num_envs, seed=seed, **{"num_threads": 1, **config.kwargs})
+
+
+def _check_envpool(env: EnvConfig, observation_space: gym.Space, action_space: gym.Space) -> None:
+    """Refuse an ``env.envpool`` that cannot be made, or whose spaces differ from the gymnasium training env's."""
+    assert env.envpool is not None
+    if importlib.util.find_spec("envpool") is None:
+        raise ConfigError("env.envpool: needs the envpool package (pip install envpool)")
+    try:
+        pool = _make_envpool(env.envpool, 1, 0)
+    except Exception as error:  # EnvPool raises plain errors for unknown ids and options
+        raise ConfigError(f"env.envpool: EnvPool could not make {env.envpool.id!r}: {type(error).__name__}: {_one_line(error)}") from None
+    found = (pool.single_observation_space, pool.single_action_space)
+    pool.close()
+    if found != (observation_space, action_space):
+        raise ConfigError(f"env.envpool: EnvPool's {env.envpool.id} has spaces {found[0]}, {found[1]}; the gymnasium training env "
+                          f"({env.id} and its wrappers) {observation_space}, {action_space}")
 
 
 def make_evaluation_env(env: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:

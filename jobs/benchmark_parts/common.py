@@ -89,6 +89,7 @@ class Sizes:
     time_to_target_minutes: float = 15.0  # SB3's budget
     pixels_minatar_steps: int = 500_000
     pixels_atari_steps: int = 0  # 0: not run by default (CleanRL's 2.5M agent steps take hours on 2 cores)
+    pixels_envpool_iterations: int = 6  # Breakout PPO iterations on each of gymnasium and EnvPool (0: not run)
     sweep_learning_rates: tuple[float, ...] = (3e-4, 1e-3, 2e-3, 3e-3)
     sweep_seeds: int = 4
     sweep_halving_min_steps: int = 8192  # two iterations of the shipped CartPole config
@@ -130,6 +131,7 @@ class Sizes:
             time_to_target_minutes=0.5,
             pixels_minatar_steps=4096,
             pixels_atari_steps=2048,
+            pixels_envpool_iterations=2,
             sweep_learning_rates=(1e-3, 3e-3),
             sweep_seeds=1,
             sweep_halving_min_steps=4096,

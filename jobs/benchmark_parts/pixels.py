@@ -6,17 +6,16 @@ reports its evaluations on the way (whole games: the life-loss and reward-clippi
 its final evaluation, wall time and env steps per second, beside the raw vector env's rate with random actions.
 CleanRL's ``ppo_atari.py`` publishes 414.66 +- 28.09 on BreakoutNoFrameskip-v4 after 10M frames (2.5M agent
 steps; its docs, docs/rl-algorithms/ppo.md); its curve at smaller frame counts is only on its W&B reports, which
-this machine cannot reach.  Env steps here are agent steps (4 frames each on Atari).  Where EnvPool is installed
-(``.venv/bin/pip install envpool==1.2.5``, about 740 MB with its assets), the part also measures it against
-gymnasium's vector env on Breakout.
+this machine cannot reach.  Env steps here are agent steps (4 frames each on Atari).  The part also measures
+EnvPool against gymnasium's vector env on Breakout: raw stepping, the cost of a newly seeded start, and PPO
+iterations with either as the training envs (``env.envpool``).
 """
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
-from jobs.benchmark_parts.common import Bench, load_average, parse_train_output, read_run_metrics, row, run_process, train_command
+from jobs.benchmark_parts.common import Bench, load_average, median, parse_train_output, read_run_metrics, row, run_process, train_command
 from jobs.benchmark_parts.throughput import raw_env_rate
 
 CLEANRL_BREAKOUT_10M_FRAMES = "414.66 +- 28.09"
@@ -49,10 +48,41 @@ def pixels(bench: Bench) -> dict[str, Any]:
         ]
         data[name] = {**parsed, "returncode": result["returncode"], "log": result["log"], "raw_steps_per_s": raw, "evaluations": evaluations}
     rows.append(row("Atari Breakout", "CleanRL ppo_atari.py, published, 10M frames", CLEANRL_BREAKOUT_10M_FRAMES))
-    if importlib.util.find_spec("envpool") is not None:
+    if sizes.pixels_envpool_iterations:
         rows += envpool_against_gymnasium(sizes)
+        rows += envpool_iterations(bench)
     data["load_average"] = load_average()
     return {"rows": rows, "data": data}
+
+
+ENVPOOL_BREAKOUT = ("{id: Breakout-v5, kwargs: {episodic_life: true, reward_clip: true, noop_max: 30, "
+                    "repeat_action_probability: 0.0}}")
+"""``env.envpool`` for conf/breakout_ppo.yaml: EnvPool's Breakout with CleanRL's preprocessing."""
+
+
+def envpool_iterations(bench: Bench) -> list[dict[str, Any]]:
+    """PPO iterations of conf/breakout_ppo.yaml (2 tasks x 4 envs x 128 steps) with gymnasium's and with EnvPool's
+    training envs, whole processes in turn; the first iteration (workers start, evaluation) is not measured, and
+    evaluation games are cut at 2,000 steps so that an untrained policy's games end."""
+    sizes, medians = bench.sizes, {}
+    steps = 2 * 4 * 128 * sizes.pixels_envpool_iterations
+    for backend in ("gymnasium", "envpool"):
+        overrides = [f"train.total_env_steps={steps}", "train.eval_episodes=2", "env.max_episode_steps=2000"]
+        overrides += [f"env.envpool={ENVPOOL_BREAKOUT}"] if backend == "envpool" else []
+        run_dir = bench.work / "runs" / f"pixels-breakout-{backend}"
+        result = run_process(train_command("local[2]", "conf/breakout_ppo.yaml", run_dir, overrides), bench.work / "logs" / f"{run_dir.name}.log",
+                             sizes.subprocess_timeout)
+        measured = read_run_metrics(run_dir)[1:]
+        if result["returncode"] != 0 or not measured:
+            raise RuntimeError(f"Breakout on {backend}: exit {result['returncode']}; see {result['log']}")
+        medians[backend] = {key: median([r[key] for r in measured]) for key in ("iteration_s", "rollout_s", "update_s")}
+    gym_s, pool_s = medians["gymnasium"]["iteration_s"], medians["envpool"]["iteration_s"]
+    return [
+        row("Atari Breakout PPO, 2 tasks x 4 envs x 128 steps", "iteration, gymnasium / EnvPool training envs (median)", f"{gym_s:.2f} / {pool_s:.2f}", "s",
+            f"EnvPool / gymnasium = {pool_s / gym_s:.2f}"),
+        row("Atari Breakout PPO, 2 tasks x 4 envs x 128 steps", "rollout in a task, gymnasium / EnvPool (median)",
+            f"{medians['gymnasium']['rollout_s']:.2f} / {medians['envpool']['rollout_s']:.2f}", "s"),
+    ]
 
 
 def envpool_against_gymnasium(sizes: Any, num_envs: int = 4) -> list[dict[str, Any]]:
