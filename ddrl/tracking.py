@@ -136,6 +136,12 @@ def _end_runs(status: str = "FAILED", run_id: str | None = None) -> None:
             pass
 
 
+def _opened(run_id: str) -> None:
+    """Remember a run this process started (a resumed trial's observer may start its run twice)."""
+    if run_id not in _OPEN_RUNS:
+        _OPEN_RUNS.append(run_id)
+
+
 atexit.register(_end_runs)  # runs before mlflow's own atexit hook, which would mark them FINISHED
 
 
@@ -195,7 +201,7 @@ class MlflowObserver(_Guarded):
             tags = {"mlflow.parentRunId": self.parent_run_id}
             self.run_id = previous or client.create_run(experiment_id, run_name=run.directory.name, tags=tags).info.run_id
             self.owns_run = True
-            _OPEN_RUNS.append(self.run_id) if self.run_id not in _OPEN_RUNS else None
+            _opened(self.run_id)
         else:
             _end_runs("FAILED")  # a previous run in this process stopped with an error
             if self.experiment is not None:
@@ -208,7 +214,7 @@ class MlflowObserver(_Guarded):
                 started = mlflow.start_run(run_id=previous, run_name=None if previous else run.directory.name)
                 self.owns_run = True
                 self.run_id = started.info.run_id
-                _OPEN_RUNS.append(self.run_id) if self.run_id not in _OPEN_RUNS else None
+                _opened(self.run_id)
         client.set_tag(self.run_id, "ddrl.run_dir", str(run.directory))
         client.set_tag(self.run_id, "ddrl.algo", run.config.algo)
         client.set_tag(self.run_id, "ddrl.env", run.config.env.id)
@@ -293,7 +299,7 @@ class SweepMlflow(_Guarded):
             previous = _recorded_run_id(record_path)
             self.run_id = mlflow.start_run(run_id=previous, run_name=None if previous else directory.name).info.run_id
             self.owns_run = True
-            _OPEN_RUNS.append(self.run_id) if self.run_id not in _OPEN_RUNS else None
+            _opened(self.run_id)
             if previous is None:
                 mlflow.log_params(dict(params), run_id=self.run_id)
         mlflow.MlflowClient().set_tag(self.run_id, "ddrl.sweep_dir", str(directory))

@@ -35,7 +35,7 @@ import yaml
 from ddrl import checkpoint, config as config_module
 from ddrl.config import Config, ConfigError
 from ddrl.engines import Engine, engine_for
-from ddrl.run import CONFIG_FILE, Run
+from ddrl.run import CONFIG_FILE, POLICY_DIR, Run
 from ddrl.sweeps import report, schedulers
 from ddrl.sweeps.spec import SweepSpec, Trial, load_spec, perturbed_keys, plan, trial_config
 from ddrl.trainer import RunLoop, TrainResult, step
@@ -315,5 +315,5 @@ class _Sweep:
         artifacts = report.write(self.directory, table, summary, best.name)
         if self.mlflow is not None:
             metrics = {"best_eval_return_mean": best.eval_return_mean, "trials": len(outcomes), "wall_seconds": wall_seconds}
-            self.mlflow.end(metrics, artifacts, best.run_dir / "policy")
+            self.mlflow.end(metrics, artifacts, best.run_dir / POLICY_DIR)
         return SweepResult(self.directory, outcomes, best, table, summary, wall_seconds)

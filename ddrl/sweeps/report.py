@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ddrl import checkpoint
-from ddrl.run import read_metrics
+from ddrl.run import POLICY_DIR, read_metrics
 from ddrl.sweeps.spec import lookup
 
 if TYPE_CHECKING:
@@ -52,11 +52,12 @@ def sweep_table(trial_dirs: Path, trials: Iterable["Trial"], outcomes: Sequence[
         lineage = [(generation["iteration"], exploit["donor"], exploit["hyperparameters"])
                    for generation in generations for exploit in generation["exploits"]
                    if exploit["recipient"] == trial.name and exploit["applied"]]
+        initial = tracked_values(trial.config.to_dict(), keys)
         for row in read_metrics(trial_dirs / trial.name).to_pylist():
-            values, parent = tracked_values(trial.config.to_dict(), keys), None
+            values, parent = initial, None
             for since, donor, changed in lineage:
                 if since < row["iteration"]:
-                    values, parent = dict(changed), donor
+                    values, parent = changed, donor
             rows.append({"trial": trial.name, "status": status.get(trial.name, "running"), "iteration": row["iteration"],
                          **values, "parent": parent, **{name: row.get(name, math.nan) for name in METRICS}})
     return pa.Table.from_pylist(rows)
@@ -74,7 +75,7 @@ def summary(directory: Path, scheduler: str, outcomes: Sequence["TrialOutcome"],
     table = "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *lines])
     return (f"sweep {directory}: {len(outcomes)} trials, {scheduler}, {wall_seconds:.1f} s\n{table}\n"
             f"best: {best.name} ({', '.join(f'{key}={_cell(value)}' for key, value in best.values.items())}), "
-            f"final evaluation {best.eval_return_mean:.1f} +- {best.eval_return_std:.1f}; policy in {best.run_dir / 'policy'}\n")
+            f"final evaluation {best.eval_return_mean:.1f} +- {best.eval_return_std:.1f}; policy in {best.run_dir / POLICY_DIR}\n")
 
 
 def write(directory: Path, table: pa.Table, summary_text: str, best: str) -> list[Path]:
