@@ -12,9 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from ddrl.run import CONFIG_FILE, METRICS_DIR
+from ddrl.run import CONFIG_FILE, METRICS_DIR, read_metrics as run_metrics
 
 CURVE_FILE = "learning_curve.png"
 
@@ -24,10 +23,9 @@ def read_metrics(run_dir: str | Path) -> dict[str, np.ndarray]:
 
     ``wall_s`` is made cumulative across resumes (each process counts from its own start).
     """
-    paths = sorted((Path(run_dir) / METRICS_DIR).glob("iteration-*.parquet"))
-    if not paths:
+    table = run_metrics(Path(run_dir))
+    if not table.num_rows:
         raise FileNotFoundError(f"{run_dir}: no metrics yet (expected {METRICS_DIR}/iteration-*.parquet)")
-    table = pa.concat_tables([pq.read_table(path) for path in paths], promote_options="default")
     columns = {name: np.asarray(table.column(name).to_numpy(zero_copy_only=False)) for name in table.column_names}
     order = np.argsort(columns["iteration"], kind="stable")
     columns = {name: values[order] for name, values in columns.items()}

@@ -76,6 +76,11 @@ them several times over (executor, block manager, fetched copy).  2 x 240 MB on 
 of it, and the job then hung (BENCHMARKS.md, cost model)."""
 
 
+def job_elements(jobs: Sequence[Job]) -> list[tuple[int, tuple[int, int]]]:
+    """One element per Spark task of a shared job: (the job's index, its (task index, seed))."""
+    return [(index, task) for index, job in enumerate(jobs) for task in job.tasks]
+
+
 def tree_depth(runs: Sequence[Config]) -> int:
     """The depth of a shared job's merge tree: the deepest any of its runs asks for (depth never changes results)."""
     return max(config.spark.tree_depth for config in runs)

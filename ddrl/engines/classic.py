@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from ddrl.algorithms import Algorithm
 from ddrl.config import Config, ConfigError
-from ddrl.engines import DRIVER_HEAP_SHARE, Job, check_result_size, package_archive, size_in_bytes, tree_depth
+from ddrl.engines import DRIVER_HEAP_SHARE, Job, check_result_size, job_elements, package_archive, size_in_bytes, tree_depth
 from ddrl.merge import Partial, merge_by_job
 
 _SHIPPED: set[str] = set()
@@ -61,7 +61,7 @@ class ClassicEngine:
         broadcast = self.spark_context.broadcast([dict(job.shipped) for job in jobs])
         ship_seconds = time.perf_counter() - timer
         works = [job.work for job in jobs]
-        elements = [(index, task) for index, job in enumerate(jobs) for task in job.tasks]
+        elements = job_elements(jobs)
         try:
             merged = (
                 self.spark_context.parallelize(elements, len(elements))

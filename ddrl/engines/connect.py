@@ -12,6 +12,7 @@ classic.  The client receives the rows with ``toArrow``.
 
 from __future__ import annotations
 
+import functools
 import math
 import tempfile
 import time
@@ -22,9 +23,9 @@ import pyarrow as pa
 
 from ddrl.algorithms import Algorithm
 from ddrl.config import Config, ConfigError
-from ddrl.engines import DRIVER_HEAP_SHARE, Job, check_result_size, driver_fan_in, package_archive, size_in_bytes, tree_depth
+from ddrl.engines import DRIVER_HEAP_SHARE, Job, check_result_size, driver_fan_in, job_elements, package_archive, size_in_bytes, tree_depth
 from ddrl.engines.work import Work
-from ddrl.merge import Partial, decode_partial, encode_partial
+from ddrl.merge import Partial, decode_partial, encode_partial, merge_by_job
 
 PAYLOAD_LIMIT_BYTES = 64 * 2**20
 """The largest payload a job may carry.  Connect has no broadcast: the client sends the task function with its
@@ -82,7 +83,7 @@ class ConnectEngine:
 
     def run(self, jobs: Sequence[Job]) -> tuple[list[Partial], float]:
         timer = time.perf_counter()
-        elements = [(index, task) for index, job in enumerate(jobs) for task in job.tasks]
+        elements = job_elements(jobs)
         groups = driver_fan_in(len(elements), tree_depth([job.work.config for job in jobs]))
         runner = _task_runner([job.work for job in jobs], [dict(job.shipped) for job in jobs], elements, groups)
         results = self.spark.range(0, len(elements), 1, numPartitions=len(elements)).mapInArrow(runner, _RESULT_DDL)
@@ -92,10 +93,8 @@ class ConnectEngine:
             results = results.repartition(groups, "group").groupBy("job", "group").applyInArrow(_merge_group, _RESULT_DDL)
         ship_seconds = time.perf_counter() - timer
         table = results.toArrow()
-        merged: dict[int, Partial] = {}
-        for job, data in zip(table.column("job").to_pylist(), table.column("partial").to_pylist()):
-            partial = decode_partial(data)
-            merged[job] = merged[job].merge(partial) if job in merged else partial
+        rows = zip(table.column("job").to_pylist(), table.column("partial").to_pylist())
+        merged = functools.reduce(merge_by_job, ({job: decode_partial(data)} for job, data in rows), {})
         return [merged[index] for index in range(len(jobs))], ship_seconds
 
 

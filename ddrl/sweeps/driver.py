@@ -288,16 +288,19 @@ class _Sweep:
         checkpoint.atomic_write(loop.run.directory / RESULT_FILE, lambda path: path.write_text(text))
         log.info("sweep: %s %s after %d env steps: final evaluation %.1f +- %.1f", name, status, result.env_steps,
                  result.eval_return_mean, result.eval_return_std)
-        return self._read_outcome(name)
+        return self._outcome(loop.run.directory, loop.config, record)
 
     def _read_outcome(self, name: str) -> TrialOutcome | None:
+        """The outcome of a trial an earlier process finished (its result.json), None for one still to run."""
         run_dir = self.directory / TRIALS_DIR / name
         try:
             record = json.loads((run_dir / RESULT_FILE).read_text())
         except FileNotFoundError:
             return None
-        values = report.tracked_values(config_module.load(run_dir / CONFIG_FILE).to_dict(), self.keys)
-        return TrialOutcome(name, values, run_dir=run_dir, **record)
+        return self._outcome(run_dir, config_module.load(run_dir / CONFIG_FILE), record)
+
+    def _outcome(self, run_dir: Path, config: Config, record: dict[str, Any]) -> TrialOutcome:
+        return TrialOutcome(run_dir.name, report.tracked_values(config.to_dict(), self.keys), run_dir=run_dir, **record)
 
     def _scheduler_text(self) -> str:
         halving, pbt = self.spec.halving, self.spec.pbt
