@@ -80,10 +80,14 @@ class EncodedMLP(nn.Module):
         self.head = head
 
     def forward(self, vector: torch.Tensor, images: list[torch.Tensor]) -> torch.Tensor:
+        return self.head(self.encode(vector, images))
+
+    def encode(self, vector: torch.Tensor, images: list[torch.Tensor]) -> torch.Tensor:
+        """The head's input: the vector features beside each image's CNN output."""
         encoded = [vector.to(torch.float32)]
         for index, encoder in enumerate(self.encoders):
             encoded.append(encoder(images[index]))
-        return self.head(torch.cat(encoded, dim=-1))
+        return torch.cat(encoded, dim=-1)
 
 
 def resolve_cnn(observation: ObservationSpec, cnn: str) -> str | None:
@@ -117,9 +121,20 @@ def build_actor(observation: ObservationSpec, output_dim: int, architecture: dic
 
 def forward(module: nn.Module, features: dict[str, torch.Tensor]) -> torch.Tensor:
     """Run a network of ``network`` on a features dict of tensors."""
+    return head(module)(encode(module, features))
+
+
+def encode(module: nn.Module, features: dict[str, torch.Tensor]) -> torch.Tensor:
+    """What a network of ``network`` feeds its MLP head: the vector features, with the encoded images if it has
+    encoders.  Networks that share their encoders need it once for all their heads."""
     if isinstance(module, EncodedMLP):
-        return module(features["vector"], [features[f"image{index}"] for index in range(len(module.encoders))])
-    return module(features["vector"])
+        return module.encode(features["vector"], [features[f"image{index}"] for index in range(len(module.encoders))])
+    return features["vector"]
+
+
+def head(module: nn.Module) -> nn.Module:
+    """The MLP of a network of ``network``, after its encoders."""
+    return module.head if isinstance(module, EncodedMLP) else module
 
 
 def linear_layers(module: nn.Module) -> list[nn.Linear]:

@@ -36,7 +36,8 @@ SB3 comes from ``requirements-bench.txt``: ``.venv/bin/pip install -r requiremen
 
 Internal subcommands (started as subprocesses by the parts above; whole-process timing from DDRL_STARTED_AT):
 ``python jobs/benchmark.py sb3-cartpole --seed S`` and
-``python jobs/benchmark.py sb3-mujoco --env ENV --minutes M [--eval-every STEPS]``.
+``python jobs/benchmark.py sb3-mujoco --env ENV --minutes M [--eval-every STEPS]`` and
+``python jobs/benchmark.py sb3-atari --steps N``.
 
 Each part is a module of ``jobs/benchmark_parts/`` named after it, holding the part's function of the same name;
 what several parts share (sizes, result rows, the benchmark context and its Spark session, in-process training with
@@ -65,7 +66,7 @@ from jobs.benchmark_parts.halfcheetah import halfcheetah
 from jobs.benchmark_parts.large_model import large_model
 from jobs.benchmark_parts.pixels import pixels
 from jobs.benchmark_parts.rounds import rounds
-from jobs.benchmark_parts.sb3 import sb3_cartpole, sb3_mujoco
+from jobs.benchmark_parts.sb3 import sb3_atari, sb3_cartpole, sb3_mujoco
 from jobs.benchmark_parts.scaling import scaling
 from jobs.benchmark_parts.simulated_cluster import simulated_cluster
 from jobs.benchmark_parts.sweep import sweep
@@ -105,6 +106,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--halfcheetah-steps", type=int, help="halfcheetah: ddrl's step budget (default: sized for the minutes)")
     parser.add_argument("--minatar-steps", type=int, help="pixels: MinAtar Breakout's step budget (default 500k)")
     parser.add_argument("--atari-steps", type=int, help="pixels: Atari Breakout's step budget (default 0: not run)")
+    parser.add_argument("--atari-local-rounds", help="pixels: Atari Breakout's local_rounds, one run each (default 4), comma-separated")
     parser.add_argument("--time-to-target-envs", help="time_to_target: env ids, comma-separated (default HalfCheetah-v5,Hopper-v5)")
     args = parser.parse_args(argv)
     parts = [part for item in args.only for part in item.split(",") if part]
@@ -143,10 +145,9 @@ def run_parts(bench: Bench, parts: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "sb3-cartpole":
-        return sb3_cartpole(argv[1:])
-    if argv and argv[0] == "sb3-mujoco":
-        return sb3_mujoco(argv[1:])
+    subcommands = {"sb3-cartpole": sb3_cartpole, "sb3-mujoco": sb3_mujoco, "sb3-atari": sb3_atari}
+    if argv and argv[0] in subcommands:
+        return subcommands[argv[0]](argv[1:])
     args = parse_args(argv)
     sizes = Sizes.quick() if args.quick else Sizes()
     if args.seeds:
@@ -159,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         sizes.pixels_minatar_steps = args.minatar_steps
     if args.atari_steps is not None:
         sizes.pixels_atari_steps = args.atari_steps
+    if args.atari_local_rounds:
+        sizes.pixels_atari_local_rounds = tuple(int(rounds) for rounds in args.atari_local_rounds.split(","))
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     work = ROOT / "runs" / f"benchmark-{stamp}"
     out = args.out.resolve() if args.out else work / "benchmark.json"

@@ -97,10 +97,11 @@ def test_loaded_model_computes_what_the_original_does(env_info):
     obs = torch.from_numpy(_observations(env_info))
     features = {"vector": obs}
     with torch.no_grad():
-        np.testing.assert_array_equal(target.value(features).numpy(), source.value(features).numpy())
+        (target_output, target_value), (source_output, source_value) = target.output_and_value(features), source.output_and_value(features)
+        np.testing.assert_array_equal(target_value.numpy(), source_value.numpy())
         np.testing.assert_array_equal(target.actor(obs).numpy(), source.actor(obs).numpy())
         actions = torch.zeros(len(obs), dtype=torch.long) if env_info.discrete else torch.zeros(len(obs), env_info.action_dim)
-        for got, want in zip(target.log_prob_and_entropy(features, actions), source.log_prob_and_entropy(features, actions)):
+        for got, want in zip(target.log_prob_and_entropy(target_output, actions), source.log_prob_and_entropy(source_output, actions)):
             np.testing.assert_array_equal(got.numpy(), want.numpy())
 
 

@@ -60,7 +60,7 @@ def test_masked_actions_are_never_taken_in_rollouts_updates_or_evaluations(spark
     features = {"vector": torch.zeros(2, 4)}
     mask = torch.tensor([[True, False, True, True], [False, False, True, False]])
     with torch.no_grad():
-        log_prob, entropy = model.log_prob_and_entropy(features, torch.tensor([1, 2]), mask)
+        log_prob, entropy = model.log_prob_and_entropy(model.output_and_value(features)[0], torch.tensor([1, 2]), mask)
     assert log_prob[0] < MASKED_LOGIT / 2 and log_prob[1] == pytest.approx(0.0, abs=1e-6)
     assert entropy[1] == pytest.approx(0.0, abs=1e-6) and entropy[0] == pytest.approx(np.log(3), abs=0.05)
 

@@ -34,7 +34,7 @@ from ddrl.config import Config, StrictModel
 from ddrl.envs import EnvInfo
 from ddrl.merge import BYTES_PER_FIXED_VALUE, BYTES_PER_WEIGHTED_VALUE, FixedPoint, MergedResult, TaskOutput
 from ddrl.normalizer import EPSILON, Moments, standardize
-from ddrl.networks import build_encoders, forward, linear_layers, network, resolve_cnn
+from ddrl.networks import build_encoders, encode, forward, head, linear_layers, network, resolve_cnn
 from ddrl.policy import Policy
 from ddrl.seeding import Stream, derive_seed, env_seed
 from ddrl.worker_cache import WorkerCache
@@ -101,13 +101,17 @@ class ActorCritic(nn.Module):
     def architecture(hp: Hyperparameters, env: EnvInfo) -> dict[str, Any]:
         return {"hidden_sizes": list(hp.hidden_sizes), "activation": hp.activation, "cnn": resolve_cnn(env.observation, hp.cnn)}
 
-    def value(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        return forward(self.critic, features).squeeze(-1)
+    def output_and_value(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The actor's output (the action head's input) and V(s).  Actor and critic share their CNN encoders, so
+        the images go through the CNN once for both (as CleanRL's ``get_action_and_value``)."""
+        hidden = encode(self.actor, features)
+        return head(self.actor)(hidden), head(self.critic)(hidden).squeeze(-1)
 
     def log_prob_and_entropy(
-        self, features: dict[str, torch.Tensor], action: torch.Tensor, mask: torch.Tensor | None = None
+        self, output: torch.Tensor, action: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.action.log_prob_and_entropy(forward(self.actor, features), action, mask, getattr(self, "log_std", None))
+        """log pi(action | s) and the entropy at each row, from the actor's ``output``."""
+        return self.action.log_prob_and_entropy(output, action, mask, getattr(self, "log_std", None))
 
 
 def flat_parameters(module: nn.Module) -> np.ndarray:
@@ -273,17 +277,19 @@ def collect_round(
         discounted_returns, running_discounted = np.zeros(0), cursor.discounted_return
     rows = (num_steps + 1) * num_envs
     all_features = _tensors(observations.reshape(rows, obs_dim), {name: value.reshape(rows, *value.shape[2:]) for name, value in images.items()})
-    with torch.inference_mode():
-        all_values = model.value(all_features).numpy().reshape(num_steps + 1, num_envs)
+    with torch.no_grad():  # one pass over every observation: V(s) for GAE, the actor's output for the log-probs
+        all_outputs, all_values = model.output_and_value(all_features)
+    all_values = all_values.numpy().reshape(num_steps + 1, num_envs)
     values, next_values = all_values[:-1].astype(np.float64), all_values[1:].astype(np.float64)
     advantages = compute_gae(rewards * reward_scale, values, next_values, terminated, truncated, hp.gamma, hp.gae_lambda)
     keep = valid.reshape(-1)
     steps = num_steps * num_envs  # the first num_steps x num_envs rows: the observations acted on
-    b_features = {name: value[:steps][torch.from_numpy(keep)] for name, value in all_features.items()}
+    kept = torch.from_numpy(keep)
+    b_features = {name: value[:steps][kept] for name, value in all_features.items()}
     b_masks = None if masks is None else torch.from_numpy(masks[:-1].reshape(steps, -1)[keep])
     b_actions = torch.from_numpy(actions.reshape(steps, *actions.shape[2:])[keep])
     with torch.no_grad():
-        b_log_probs = model.log_prob_and_entropy(b_features, b_actions, b_masks)[0]
+        b_log_probs = model.log_prob_and_entropy(all_outputs[:steps][kept], b_actions, b_masks)[0]
     batch = Batch(
         features=b_features,
         masks=b_masks,
@@ -318,8 +324,8 @@ def ppo_update(model: "ActorCritic", optimizer: torch.optim.Adam, batch: Batch, 
             mb = order[start : start + minibatch_size]
             mb_features = {name: value[mb] for name, value in batch.features.items()}
             mb_masks = None if batch.masks is None else batch.masks[mb]
-            new_log_prob, entropy = model.log_prob_and_entropy(mb_features, batch.actions[mb], mb_masks)
-            new_value = model.value(mb_features)
+            output, new_value = model.output_and_value(mb_features)
+            new_log_prob, entropy = model.log_prob_and_entropy(output, batch.actions[mb], mb_masks)
             log_ratio = new_log_prob - batch.log_probs[mb]
             ratio = log_ratio.exp()
             with torch.no_grad():

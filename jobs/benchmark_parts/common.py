@@ -88,7 +88,8 @@ class Sizes:
     time_to_target_envs: tuple[str, ...] = ("HalfCheetah-v5", "Hopper-v5")
     time_to_target_minutes: float = 15.0  # SB3's budget
     pixels_minatar_steps: int = 500_000
-    pixels_atari_steps: int = 0  # 0: not run by default (CleanRL's 2.5M agent steps take hours on 2 cores)
+    pixels_atari_steps: int = 0  # 0: not run by default (200k agent steps take about an hour on 2 cores, SB3 included)
+    pixels_atari_local_rounds: tuple[int, ...] = (4,)
     pixels_envpool_iterations: int = 6  # Breakout PPO iterations on each of gymnasium and EnvPool (0: not run)
     sweep_learning_rates: tuple[float, ...] = (3e-4, 1e-3, 2e-3, 3e-3)
     sweep_seeds: int = 4
@@ -131,6 +132,7 @@ class Sizes:
             time_to_target_minutes=0.5,
             pixels_minatar_steps=4096,
             pixels_atari_steps=2048,
+            pixels_atari_local_rounds=(1,),
             pixels_envpool_iterations=2,
             sweep_learning_rates=(1e-3, 3e-3),
             sweep_seeds=1,

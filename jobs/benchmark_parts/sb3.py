@@ -1,5 +1,5 @@
 """The SB3 subcommands of jobs/benchmark.py (run as their own processes by vs_sb3 and halfcheetah):
-``sb3-cartpole`` and ``sb3-mujoco``."""
+``sb3-cartpole``, ``sb3-mujoco`` and ``sb3-atari``."""
 
 from __future__ import annotations
 
@@ -37,6 +37,15 @@ def _evaluate_sb3(model: Any, env_id: str, episodes: int, seed: int, normalize: 
         return returns
     finally:
         vector_env.close()
+
+
+def _one_core(cpu: int) -> None:
+    """Pin this process to ``cpu`` and torch to one thread (before its first op): SB3 as one core runs it."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def sb3_cartpole(argv: list[str]) -> int:
@@ -105,11 +114,8 @@ def sb3_mujoco(argv: list[str]) -> int:
     parser.add_argument("--eval-episodes", type=int, default=20)
     parser.add_argument("--cpu", type=int, default=0, help="the core to pin to")
     args = parser.parse_args(argv)
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {args.cpu})
+    _one_core(args.cpu)
     import torch
-
-    torch.set_num_threads(1)  # before the first torch op
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
@@ -145,4 +151,60 @@ def sb3_mujoco(argv: list[str]) -> int:
     print(f"final evaluation: {final.mean():.1f} +- {final.std():.1f} over {args.eval_episodes} episodes (not solved)")
     print(f"env steps: {model.num_timesteps}")
     print(f"wall time: {time.time() - STARTED_AT:.1f} s, whole process")
+    return 0
+
+
+def sb3_atari(argv: list[str]) -> int:
+    """SB3 PPO on Atari Breakout with rl-zoo's Atari settings (hyperparams/ppo.yml ``atari``: AtariWrapper, 4 frames
+    stacked, 8 envs x 128 steps, 4 epochs of 256, lr and clip 2.5e-4 and 0.1 decayed linearly, entropy 0.01) on one
+    core for ``--steps`` agent steps, the schedules decaying over that budget as ddrl's do.  AtariWrapper is CleanRL's
+    preprocessing (both are SB3's atari_wrappers).  Whole training games (the Monitor under the life-loss wrapper)
+    are printed on the way; the final evaluation plays whole games greedily, unclipped, with rl-zoo's evaluation
+    (the same wrappers, FIRE pressed after every lost life, the Monitor's game returns)."""
+    parser = argparse.ArgumentParser(prog="benchmark.py sb3-atari")
+    parser.add_argument("--steps", type=int, required=True, help="agent steps (4 frames each)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--cpu", type=int, default=0, help="the core to pin to")
+    args = parser.parse_args(argv)
+    _one_core(args.cpu)
+    import ale_py  # noqa: F401  (registers the ALE/ ids)
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_atari_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    def breakout(n_envs: int, seed: int, clip_reward: bool = True) -> Any:
+        # ALE/Breakout-v5 without its own frame skip and sticky actions is BreakoutNoFrameskip-v4, as conf/breakout_ppo.yaml
+        env = make_atari_env("ALE/Breakout-v5", n_envs=n_envs, seed=seed, env_kwargs={"frameskip": 1, "repeat_action_probability": 0.0},
+                             wrapper_kwargs={"clip_reward": clip_reward})
+        return VecFrameStack(env, n_stack=4)
+
+    def linear(start: float) -> Callable[[float], float]:
+        return lambda progress_remaining: progress_remaining * start
+
+    model = PPO("CnnPolicy", breakout(8, args.seed), n_steps=128, n_epochs=4, batch_size=256, learning_rate=linear(2.5e-4),
+                clip_range=linear(0.1), vf_coef=0.5, ent_coef=0.01, seed=args.seed, device="cpu", verbose=0)
+    report_every = max(args.steps // 10, 1)
+
+    class TrainingGames(BaseCallback):
+        reported = 0
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps // report_every > self.reported:
+                self.reported += 1
+                games = [episode["r"] for episode in list(self.model.ep_info_buffer)[-20:]]
+                print(f"training games at {self.num_timesteps} steps: {np.mean(games) if games else math.nan:.1f} "
+                      f"over the last {len(games)} ({time.time() - STARTED_AT:.1f} s)", flush=True)
+            return True
+
+    model.learn(total_timesteps=args.steps, callback=TrainingGames())
+    wall = time.time() - STARTED_AT
+    returns, lengths = evaluate_policy(model, breakout(args.eval_episodes, 10**6 + args.seed, clip_reward=False),
+                                       n_eval_episodes=args.eval_episodes, deterministic=True, return_episode_rewards=True)
+    print(f"final evaluation: {np.mean(returns):.1f} +- {np.std(returns):.1f} over {args.eval_episodes} episodes (not solved)")
+    print(f"evaluation games: {np.mean(lengths):.0f} agent steps on average")
+    print(f"env steps: {model.num_timesteps}")
+    print(f"wall time: {wall:.1f} s, whole process (to the end of training)")
     return 0
