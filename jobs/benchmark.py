@@ -23,8 +23,10 @@ Parts (``--only`` takes one or more, comma-separated or repeated; default all, i
                   waits 4 ms instead of using a core (#12);
 * ``time_to_target`` wall time to SB3's 15-minute return on HalfCheetah-v5 and Hopper-v5: SB3 PPO (rl-zoo) on one
                   core against ddrl's tuned PPO on local[2] and local[1] (#12);
-* ``pixels``      PPO from pixels on MinAtar Breakout (and, with ``--atari-steps``, Atari Breakout): returns, wall
-                  time and env steps per second against the raw env's rate (#13);
+* ``pixels``      PPO from pixels on MinAtar Breakout and, with ``--atari-steps``, Atari Breakout (once per
+                  ``--atari-local-rounds``) against SB3 PPO (rl-zoo's Atari settings) on one core at the same agent
+                  steps: returns, wall time and env steps per second against the raw env's rate; EnvPool against
+                  gymnasium's vector env (#13);
 * ``sweep``       16 CartPole trials (4 learning rates x 4 seeds) in one jobs/sweep.py process against one trial,
                   whole processes on local[2]: a plain grid and successive halving (#14).
 
