@@ -16,6 +16,7 @@ PPO iterations with either as the training envs (``env.envpool``).
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
@@ -76,8 +77,6 @@ def _train(bench: Bench, name: str, path: str, steps: int, overrides: list[str])
 def _sb3_breakout(bench: Bench, steps: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """``benchmark.py sb3-atari`` for ``steps`` agent steps on one core: its final greedy evaluation and its
     training games (whole games, unclipped) on the way."""
-    import re
-
     command = [sys.executable, str(ROOT / "jobs" / "benchmark.py"), "sb3-atari", "--steps", str(steps)]
     result = run_process(command, bench.work / "logs" / "pixels-sb3-atari-breakout.log", bench.sizes.subprocess_timeout * 8)
     parsed = parse_train_output(result["output"])
