@@ -55,7 +55,7 @@ class FireReset(gym.Wrapper):
         if lives < self._lives and not (terminated or truncated):
             observation, fire_reward, terminated, truncated, info = self.env.step(FIRE)
             reward += fire_reward
-        self._lives = _lives(self.env)
+        self._lives = lives
         return observation, reward, terminated, truncated, info
 
 

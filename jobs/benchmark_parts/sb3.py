@@ -39,6 +39,11 @@ def _evaluate_sb3(model: Any, env_id: str, episodes: int, seed: int, normalize: 
         vector_env.close()
 
 
+def _linear(start: float) -> Callable[[float], float]:
+    """rl-zoo's ``lin_X`` schedule: X decayed linearly to 0 over the budget."""
+    return lambda progress_remaining: progress_remaining * start
+
+
 def _one_core(cpu: int) -> None:
     """Pin this process to ``cpu`` and torch to one thread (before its first op): SB3 as one core runs it."""
     if hasattr(os, "sched_setaffinity"):
@@ -64,12 +69,9 @@ def sb3_cartpole(argv: list[str]) -> int:
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
 
-    def linear(start: float) -> Callable[[float], float]:
-        return lambda progress_remaining: progress_remaining * start
-
     env = make_vec_env("CartPole-v1", n_envs=8, seed=args.seed)
     model = PPO("MlpPolicy", env, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20, ent_coef=0.0,
-                learning_rate=linear(1e-3), clip_range=linear(0.2), seed=args.seed, device="cpu", verbose=0)
+                learning_rate=_linear(1e-3), clip_range=_linear(0.2), seed=args.seed, device="cpu", verbose=0)
     evaluations: list[tuple[int, float, float]] = []
 
     class Check(BaseCallback):
@@ -181,11 +183,8 @@ def sb3_atari(argv: list[str]) -> int:
                              wrapper_kwargs={"clip_reward": clip_reward})
         return VecFrameStack(env, n_stack=4)
 
-    def linear(start: float) -> Callable[[float], float]:
-        return lambda progress_remaining: progress_remaining * start
-
-    model = PPO("CnnPolicy", breakout(8, args.seed), n_steps=128, n_epochs=4, batch_size=256, learning_rate=linear(2.5e-4),
-                clip_range=linear(0.1), vf_coef=0.5, ent_coef=0.01, seed=args.seed, device="cpu", verbose=0)
+    model = PPO("CnnPolicy", breakout(8, args.seed), n_steps=128, n_epochs=4, batch_size=256, learning_rate=_linear(2.5e-4),
+                clip_range=_linear(0.1), vf_coef=0.5, ent_coef=0.01, seed=args.seed, device="cpu", verbose=0)
     report_every = max(args.steps // 10, 1)
 
     class TrainingGames(BaseCallback):
