@@ -30,6 +30,8 @@ class EnvInfo:
     action_mask: Literal["info", "observation"] | None = None
     """Where the mask of valid actions comes from: ``info[action_mask_key]``, the observation's part of that name, or nowhere."""
     action_mask_key: str = "action_mask"
+    max_episode_steps: int | None = None
+    """The training envs' time limit, where they have one."""
 
     @property
     def observation_dim(self) -> int:
@@ -57,6 +59,7 @@ class EnvInfo:
             "reward_threshold": self.reward_threshold,
             "action_mask": self.action_mask,
             "action_mask_key": self.action_mask_key,
+            "max_episode_steps": self.max_episode_steps,
         }
 
     @staticmethod
@@ -75,6 +78,7 @@ class EnvInfo:
             data.get("reward_threshold"),
             data.get("action_mask"),
             data.get("action_mask_key", "action_mask"),
+            data.get("max_episode_steps"),
         )
 
 
@@ -95,6 +99,7 @@ def describe(env: EnvConfig) -> EnvInfo:
         single = _wrapped(single, env, wrappers)
         observation_space, action_space = single.observation_space, single.action_space
         threshold = single.spec.reward_threshold if single.spec is not None else None
+        max_episode_steps = single.spec.max_episode_steps if single.spec is not None else None
         try:
             observation, action = spaces.observation_spec(observation_space), spaces.action_spec(action_space)
         except spaces.SpaceError as error:
@@ -110,7 +115,7 @@ def describe(env: EnvConfig) -> EnvInfo:
         if (evaluation.observation_space, evaluation.action_space) != (observation_space, action_space):
             raise ConfigError(f"env.wrappers: {env.id}'s evaluation envs have spaces {evaluation.observation_space}, "
                               f"{evaluation.action_space}; training envs {observation_space}, {action_space}")
-    return EnvInfo(env.id, observation, action, threshold, mask, env.action_mask_key)
+    return EnvInfo(env.id, observation, action, threshold, mask, env.action_mask_key, max_episode_steps)
 
 
 def _wrapped(single: gym.Env, env: EnvConfig, wrappers: list[tuple[int, Callable[[gym.Env], gym.Env]]]) -> gym.Env:
@@ -162,16 +167,18 @@ def make_env(env: EnvConfig, **kwargs: Any) -> gym.Env:
     return single
 
 
-def make_vector_env(env: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
+def make_vector_env(env: EnvConfig, num_envs: int, outermost: Callable[[gym.Env], gym.Env] | None = None) -> gym.vector.VectorEnv:
     """The training vector env: EnvPool's where ``env.envpool`` says so, else the env's native vector version where
-    it has one, else a synchronous vector of single envs.
+    it has one, else a synchronous vector of single envs.  ``outermost`` wraps every sub-env over the config's
+    wrappers, in a synchronous vector of single envs (``.envs``) whatever the env offers.
 
     Every vector env here autoresets on the step after an episode ends (``AutoresetMode.NEXT_STEP``).
     """
-    if env.envpool is not None:
+    if env.envpool is not None and outermost is None:
         return SeededEnvPool(env.envpool, num_envs)
-    mode = {"vectorization_mode": "sync"} if env.wrappers else {}  # a native vector env takes no per-env wrappers
-    wrappers = [wrap for _, wrap in _wrappers(env)] or None
+    wrappers = [wrap for _, wrap in _wrappers(env)] + ([outermost] if outermost is not None else [])
+    mode = {"vectorization_mode": "sync"} if wrappers else {}  # a native vector env takes no per-env wrappers
+    wrappers = wrappers or None
     vector_env = gym.make_vec(_registered_id(env.id), num_envs, wrappers=wrappers, **mode, **_make_kwargs(env))
     mode = vector_env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
     if mode != AutoresetMode.NEXT_STEP:

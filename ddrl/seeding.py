@@ -22,6 +22,7 @@ class Stream(enum.IntEnum):
     FINAL_EVALUATION = 4
     SWEEP_SAMPLING = 5
     POPULATION_BASED_TRAINING = 6
+    EPISODE = 7
 
 
 def derive_seed(run_seed: int, iteration: int, index: int, stream: Stream = Stream.TASK) -> int:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from ddrl import checkpoint, envs
+from ddrl import carry, checkpoint, envs
 from ddrl import config as config_module
 from ddrl.algorithms import ppo as ppo_module
 from ddrl.config import EnvConfig
@@ -144,7 +144,8 @@ def small_ppo():
 def _run_task(algorithm, payload, seed=11, cold=False):
     """Run one task as ddrl.trainer does: reseed everything, then call run_task (cold: empty worker cache)."""
     if cold:
-        ppo_module._WORKER_CACHE.clear()
+        for cache in (ppo_module._WORKER_MODELS, ppo_module._WORKER_ENVS, carry._TASK_ENVS):
+            cache.clear()
     seed_everything(seed)
     return algorithm.run_task(payload, 0, seed)
 

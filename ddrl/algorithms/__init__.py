@@ -40,6 +40,10 @@ class Algorithm(Protocol):
     def payload_policy(self, payload: dict[str, Any]) -> Policy:
         """The policy of the state a payload was made from (``policy(state)``), for evaluation inside tasks."""
 
+    def task_carry_bytes(self) -> int:
+        """The most bytes of env state one task carries to the next job (``ddrl.carry``): every task's carry comes
+        back to the driver and goes out with the next payload.  0 for an algorithm that carries none."""
+
     def task_result_bytes(self) -> int:
         """Bytes one task's ``TaskOutput.weighted`` and ``fixed`` arrays take: the loop refuses, before the first
         job, a model whose results the driver could not collect."""

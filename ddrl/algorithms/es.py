@@ -265,6 +265,10 @@ class EvolutionStrategy(abc.ABC):
         normalized = self.hp.normalize_observation
         return Policy(actor, self.env, self.architecture, obs_mean if normalized else None, obs_variance if normalized else None)
 
+    def task_carry_bytes(self) -> int:
+        """Nothing: ES plays whole episodes within a task."""
+        return 0
+
     def task_result_bytes(self) -> int:
         """Nothing per parameter: tasks return their directions' returns keyed by seed, O(N) numbers."""
         return 0

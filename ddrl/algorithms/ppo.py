@@ -19,6 +19,7 @@ restarts the first and starts the second from the tasks' per-tensor means of the
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from typing import Annotated, Any, Literal
@@ -28,9 +29,10 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ddrl import envs as envs_module
+from ddrl import carry, envs as envs_module
+from ddrl.carry import EnvCursor
 from ddrl.checkpoint import State
-from ddrl.config import Config, StrictModel
+from ddrl.config import Config, ConfigError, StrictModel
 from ddrl.envs import EnvInfo
 from ddrl.merge import BYTES_PER_FIXED_VALUE, BYTES_PER_WEIGHTED_VALUE, FixedPoint, MergedResult, TaskOutput
 from ddrl.normalizer import EPSILON, Moments, standardize
@@ -38,6 +40,8 @@ from ddrl.networks import build_encoders, encode, forward, head, linear_layers, 
 from ddrl.policy import Policy
 from ddrl.seeding import Stream, derive_seed, env_seed
 from ddrl.worker_cache import WorkerCache
+
+log = logging.getLogger("ddrl")
 
 PERTURBABLE = ("learning_rate", "ent_coef", "clip_coef")
 """Hyperparameters population-based training may change during a run (``ddrl.sweeps``)."""
@@ -73,6 +77,10 @@ class Hyperparameters(StrictModel):
     normalize_reward: bool = False
     adam_eps: float = Field(1e-5, gt=0)
     local_rounds: int = Field(1, ge=1, le=10_000, description="Rollout-and-update rounds per task and Spark job.")
+    carry_episodes: bool = Field(
+        True, description="Each task's envs go on in the next job where the last one left them (ddrl.carry), as in a "
+        "single process; false resets them from the task's seed at the start of every job."
+    )
     adam_moments: Literal["restart", "fedadamw", "average"] = Field(
         "fedadamw", description="Adam's moments in each task: restarted, second moment as per-tensor means, or averaged."
     )
@@ -169,28 +177,6 @@ def compute_gae(
         last_advantage = deltas[t] + decays[t] * last_advantage
         advantages[t] = last_advantage
     return advantages
-
-
-@dataclasses.dataclass(frozen=True)
-class EnvCursor:
-    """Where each of a task's envs stands between rounds, so that episodes go on from one round to the next."""
-
-    features: dict[str, np.ndarray]
-    """The features of the raw observation each env returned last (``ddrl.spaces``; the vector unstandardized)."""
-    mask: np.ndarray | None
-    """The valid-action mask that came with it (None: the env has no masks)."""
-    ended: np.ndarray
-    """Whether that step ended an episode: the env's next step only resets it."""
-    episode_return: np.ndarray
-    episode_length: np.ndarray
-    discounted_return: np.ndarray
-    """The running discounted return of the episode in progress (reward scaling's statistic)."""
-
-    @staticmethod
-    def reset(vector_env: Any, seed: int, env: EnvInfo) -> "EnvCursor":
-        observation, info = vector_env.reset(seed=seed)
-        zeros = np.zeros(vector_env.num_envs)
-        return EnvCursor(env.observation.features(observation), env.mask(observation, info), zeros.astype(bool), zeros, zeros.astype(np.int64), zeros)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,6 +365,8 @@ class PPO:
         self.fixed_point = FixedPoint.for_sums(config.spark.num_tasks, self.samples_per_task * MAX_PARAMETER_CHANGE)
         with torch.device("meta"):  # shapes only: models may be huge
             self.tensor_sizes = [parameter.numel() for parameter in ActorCritic(env, self.hp, initialize=False).parameters()]
+        self.fingerprint = config.fingerprint()
+        self.warned_about_replay = False
 
     # ---- driver side ---------------------------------------------------------------------------------------
     def initial_state(self) -> State:
@@ -413,6 +401,8 @@ class PPO:
             "obs_variance": obs.variance,
             "return_variance": float(_moments_from_state("return", state).variance),
             **{key: state[key] for key in adam_keys if key in state},
+            # Each task's carried episodes (ddrl.carry); a task index without one starts new episodes.
+            "carries": {index: arrays for index, arrays in carry.carries_in_state(state).items() if index < self.config.spark.num_tasks},
         }
 
     def apply(self, state: State, result: MergedResult, iteration: int) -> tuple[State, dict[str, float]]:
@@ -451,7 +441,28 @@ class PPO:
         }
         metrics["drift"] = math.sqrt(max(mean_sq_change - float(np.dot(mean_change, mean_change)), 0.0))
         metrics["update_norm"] = float(np.linalg.norm(new_state["params"] - state["params"]))
+        if hp.carry_episodes:
+            new_state = self._carry_over(new_state, tasks, metrics)
         return new_state, metrics
+
+    def _carry_over(self, state: State, tasks: list[dict[str, Any]], metrics: dict[str, float]) -> State:
+        """The state holding the carries the tasks returned (a rejected task's envs start anew), and what carrying
+        cost in the iteration's metrics."""
+        carries = {int(task["task_index"]): carry.Carry.of({name: task[f"carry.{name}"] for name in carry.FIELDS}) for task in tasks}
+        failures = int(sum(task["replay_failures"] for task in tasks))
+        metrics["carry_bytes"] = float(sum(array.nbytes for one in carries.values() for array in one.arrays().values()))
+        metrics["replayed_steps"] = float(sum(task["replayed_steps"] for task in tasks))
+        metrics["replay_failures"] = float(failures)
+        metrics["restore_s"] = float(np.mean([task["restore_s"] for task in tasks]))
+        metrics["carry_cache_hits"] = float(np.mean([task["carry_cache_hit"] for task in tasks]))
+        if failures and not self.warned_about_replay:
+            self.warned_about_replay = True
+            log.warning(
+                "%s did not replay: %d carried episode(s) arrived elsewhere than recorded and started anew (counted in "
+                "replay_failures).  Make the env deterministic under reset(seed=...) and the same actions, or set "
+                "ppo.carry_episodes: false", self.config.env.id, failures,
+            )
+        return carry.replace_in_state(state, carries)
 
     def policy(self, state: State) -> Policy:
         obs = _moments_from_state("obs", state)
@@ -467,6 +478,16 @@ class PPO:
         architecture = ActorCritic.architecture(self.hp, self.env)
         return Policy(model.actor, self.env, architecture, obs_mean if normalized else None, obs_variance if normalized else None)
 
+    def task_carry_bytes(self) -> int:
+        """The most bytes one task's carried episodes take: its envs' longest possible episodes, which the time
+        limit bounds, and so does the run's budget of steps per sub-env."""
+        if not self.hp.carry_episodes:
+            return 0
+        config = self.config
+        run_steps_per_env = math.ceil(config.train.total_env_steps / (config.spark.num_tasks * config.env.num_envs))
+        episode_steps = min(self.env.max_episode_steps or run_steps_per_env, run_steps_per_env)
+        return carry.bound_bytes(config.env.num_envs, math.prod(self.env.action.shape), episode_steps)
+
     def task_result_bytes(self) -> int:
         """The parameter change as one int64 a parameter; with ``adam_moments: average`` both moments as limbs."""
         parameters = sum(self.tensor_sizes)
@@ -476,15 +497,22 @@ class PPO:
     # ---- executor side -------------------------------------------------------------------------------------
     def run_task(self, payload: dict[str, Any], task_index: int, seed: int) -> TaskOutput:
         hp = self.hp
-        vector_env, model, optimizer = self._worker_objects()
+        model, optimizer = _WORKER_MODELS.get(self.fingerprint, self._build_model)
         load_flat_parameters(model, payload["params"])
         _start_adam(optimizer, model, payload, hp.adam_moments)
         obs_mean, obs_std = payload["obs_mean"], np.sqrt(payload["obs_variance"] + EPSILON)
         reward_scale = 1.0 / math.sqrt(payload["return_variance"] + 1e-8) if hp.normalize_reward else 1.0
         rng = np.random.default_rng(seed)
 
-        # ---- local_rounds rounds of rollout and update, the envs going on where the last round left them
-        cursor = EnvCursor.reset(vector_env, env_seed(seed), self.env)
+        # ---- the envs where this task's last job left them (or new episodes), then local_rounds rounds of rollout
+        # ---- and update, the envs going on where the last round left them
+        carry_key = (self.fingerprint, task_index)
+        if hp.carry_episodes:
+            resumed = carry.resume(self.config.env, self.env, carry_key, seed, payload["carries"].get(task_index))
+            vector_env, cursor = resumed.vector_env, resumed.cursor
+        else:
+            vector_env = _WORKER_ENVS.get(self.fingerprint, lambda: envs_module.make_vector_env(self.config.env, self.config.env.num_envs))
+            cursor = EnvCursor.reset(vector_env, env_seed(seed), self.env)
         stats: dict[str, list[float]] = {name: [] for name in LOSSES}
         explained, updates, rollout_seconds, update_seconds, samples = [], 0, 0.0, 0.0, 0
         # What the driver's statistics need from each round; the round's training batch itself is dropped.
@@ -522,7 +550,12 @@ class PPO:
             "return_m2": return_moments.m2,
             "rollout_s": rollout_seconds,
             "update_s": update_seconds,
+            "task_index": task_index,
         }
+        if hp.carry_episodes:
+            records.update({f"carry.{name}": value for name, value in carry.capture(carry_key, vector_env, cursor).arrays().items()})
+            records.update(replayed_steps=resumed.replayed_steps, replay_failures=resumed.replay_failures,
+                           restore_s=resumed.restore_seconds, carry_cache_hit=float(resumed.cache_hit))
         if hp.adam_moments == "fedadamw":
             records["adam_v_means"] = np.array([optimizer.state[p]["exp_avg_sq"].double().mean().item() for p in model.parameters()])
         weighted = dict(zip(("adam_m", "adam_v"), _flat_adam_moments(optimizer, model))) if hp.adam_moments == "average" else {}
@@ -537,19 +570,17 @@ class PPO:
             episode_lengths=np.concatenate(episode_lengths),
         )
 
-    def _worker_objects(self) -> tuple[Any, ActorCritic, torch.optim.Adam]:
-        """The vector env, model and optimizer, built once per Python worker process and config."""
-        return _WORKER_CACHE.get(self.config.fingerprint(), self._build_worker_objects)
-
-    def _build_worker_objects(self) -> tuple[Any, ActorCritic, torch.optim.Adam]:
-        vector_env = envs_module.make_vector_env(self.config.env, self.config.env.num_envs)
+    def _build_model(self) -> tuple[ActorCritic, torch.optim.Adam]:
+        """The model and optimizer a Python worker keeps per config (the task loads theta and Adam's state)."""
         with torch.random.fork_rng():  # the task's seeded generator must not depend on a cold or warm cache
             model = ActorCritic(self.env, self.hp, initialize=False)
         optimizer = torch.optim.Adam(model.parameters(), lr=self.hp.learning_rate, eps=self.hp.adam_eps)
-        return vector_env, model, optimizer
+        return model, optimizer
 
 
-_WORKER_CACHE = WorkerCache(close=lambda objects: objects[0].close())
+_WORKER_MODELS = WorkerCache()
+_WORKER_ENVS = WorkerCache(close=lambda vector_env: vector_env.close())
+"""The vector env a worker's tasks of a config share when episodes are not carried (ddrl.carry keeps one per task)."""
 
 
 def _policy_input(raw_obs: np.ndarray, hp: Hyperparameters, mean: np.ndarray, std: np.ndarray, env: EnvInfo) -> np.ndarray:
@@ -627,6 +658,13 @@ def _moments_state(prefix: str, moments: Moments) -> State:
 
 def _moments_from_state(prefix: str, state: State) -> Moments:
     return Moments(float(state[f"{prefix}_count"]), state[f"{prefix}_mean"], state[f"{prefix}_m2"])
+
+
+def check(config: Config) -> None:
+    """Checks that span config sections, run when the config is loaded (before Spark starts)."""
+    if config.hyperparameters.carry_episodes and config.env.envpool is not None:
+        raise ConfigError("env.envpool: EnvPool's envs cannot be replayed one by one, which carried episodes need "
+                          "(ppo.carry_episodes); set ppo.carry_episodes: false to train with EnvPool")
 
 
 def build(config: Config, env: EnvInfo) -> PPO:

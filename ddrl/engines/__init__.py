@@ -93,7 +93,10 @@ def check_result_size(runs: Sequence[tuple[Config, Algorithm]], limits: Mapping[
     total_tasks = sum(config.spark.num_tasks for config, _ in runs)
     fan_in = driver_fan_in(total_tasks, tree_depth([config for config, _ in runs]))
     per_task = max(algorithm.task_result_bytes() for _, algorithm in runs)  # the largest, where runs differ
-    collected = sum(algorithm.task_result_bytes() * min(config.spark.num_tasks, fan_in) for config, algorithm in runs)
+    collected = sum(
+        algorithm.task_result_bytes() * min(config.spark.num_tasks, fan_in) + algorithm.task_carry_bytes() * config.spark.num_tasks
+        for config, algorithm in runs
+    )
     name, limit = min(limits.items(), key=lambda item: item[1])
     if collected > limit:
         runs_text = f" for {len(runs)} runs in one job" if len(runs) > 1 else ""

@@ -51,6 +51,7 @@ class ConnectEngine:
 
         payloads = [algorithm.task_payload(algorithm.initial_state(), 0) for _, algorithm in runs]
         payload_bytes = sum(len(CloudPickleSerializer().dumps(payload)) for payload in payloads)
+        payload_bytes += sum(algorithm.task_carry_bytes() * config.spark.num_tasks for config, algorithm in runs)  # none yet in the first
         if payload_bytes > PAYLOAD_LIMIT_BYTES:
             runs_text = f" ({len(runs)} runs in one job)" if len(runs) > 1 else ""
             raise ConfigError(
