@@ -1,25 +1,26 @@
 """Episodes that outlive a Spark job: what each PPO task carries from one job to the next, and how it goes on.
 
-A single-process trainer keeps its envs between updates; a Spark task is a new process's work on every job, and
-it must be a pure function of what the driver ships it (a retried or moved task has to go on from the same
-place).  So the driver owns what is carried.  For each sub-env of a task the carry holds the episode in
-progress as the seed it was reset with and the actions taken since, plus ddrl's own running statistics of it
-(return, length, the discounted return that reward scaling keeps).  The next job's task with the same index
-rebuilds the sub-env by **replay**: reset it with that seed and step the recorded actions through the whole
-wrapper stack (frame stacks, time limits, lives and episode statistics come back with it).  Replay works for
-any env that is deterministic under ``reset(seed=...)`` and the same actions, users' own envs included, and
-costs env steps without the policy; the last observation's digest, kept in the carry, tells whether the replay
-arrived where the episode was.  An env that does not replay starts a new episode instead (counted in the
-metrics, and the driver warns once).
+A single-process trainer keeps its envs between updates; a Spark task is a new piece of work in every job, and it
+must be a pure function of what the driver ships it (a retried or moved task has to go on from the same place).
+So the driver owns what is carried.  For each sub-env of a task the carry holds the game in progress as the seed
+its env was last reset with and the calls made on it since (steps with their actions, and resets that went on
+with the same game, such as ``ddrl.atari.EpisodicLife``'s after a lost life), plus ddrl's own running statistics
+of the episode (return, length, the discounted return that reward scaling keeps).  The next job's task with the
+same index rebuilds the sub-env by **replay**: reset it with that seed and make the recorded calls again through
+the whole wrapper stack (frame stacks, time limits, lives and episode statistics come back with it).  Replay
+works for any env that is deterministic under ``reset(seed=...)`` and the same calls, users' own envs included,
+and costs env steps without the policy; a digest of the last observation, kept in the carry, tells whether the
+replay arrived where the game was.  An env that does not replay starts a new episode instead (counted in the
+metrics; the driver warns once).
 
-So that replay is bounded by one episode, every episode starts from a seeded reset: an episode that ends during
-a job starts its successor from a seed derived from (task seed, sub-env, episode), never from where the env's
-random generator happened to be.
+So that a replay is bounded by one game, the env under the wrappers is never reset from wherever its random
+generator happened to be: every reset without a seed takes the next seed of the sub-env's chain, derived from
+the sub-env's first seed and the number of games since (``SeededResets``).
 
 A Python worker keeps each task's vector env after its task (``_TASK_ENVS``), keyed by the run and the task
-index, with the digest of the carry it ended with.  It is only a cache: the next task uses it as it is when
-the shipped carry has that digest, which for an env that replays means exactly the state replay would build,
-and replays otherwise.
+index, with the digest of the carry it ended with.  It is only a cache: the next task uses it as it is when the
+shipped carry has that digest, which for an env that replays is exactly the state replay would build, and
+replays otherwise.
 
 The carry travels as plain arrays: in the task's records back to the driver, in the driver's state (so
 checkpoints hold it without pickling, under keys starting with ``PREFIX``) and in the next payload.
@@ -29,9 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import time
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import gymnasium as gym
 import numpy as np
@@ -47,11 +47,11 @@ PREFIX = "carry."
 """State keys of carried episodes: ``carry.<task index>.<field>``.  Their sizes vary from one checkpoint to the
 next, so a resumed run's checkpoint is matched to its config without them."""
 
-FIELDS = ("seeds", "ended", "lengths", "actions", "observation_digests", "episode_return", "episode_length", "discounted_return")
+FIELDS = ("origins", "games", "ended", "lengths", "calls", "resets", "observation_digests", "episode_return", "episode_length", "discounted_return")
 """The arrays of one task's carry (``Carry``)."""
 
-BYTES_PER_ENV = 7 * 8
-"""The fixed part of a sub-env's carry: every field but the actions, one 8-byte value each."""
+BYTES_PER_ENV = 8 * 8
+"""The fixed part of a sub-env's carry: one 8-byte value per sub-env of every field but the calls."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,14 +81,18 @@ class EnvCursor:
 class Carry:
     """One task's sub-envs between two jobs, as the driver holds them (every field an array, sub-env by sub-env)."""
 
-    seeds: np.ndarray
-    """int64: the seed each episode in progress was reset with."""
+    origins: np.ndarray
+    """int64: each sub-env's first seed, which its chain of reset seeds derives from (``SeededResets``)."""
+    games: np.ndarray
+    """int64: the number of the game in progress in that chain (its seed: ``chain_seed(origin, game)``)."""
     ended: np.ndarray
-    """bool: the episode ended on the job's last step (the next job starts a new one)."""
+    """bool: an episode ended on the job's last step (the next job resets the sub-env first)."""
     lengths: np.ndarray
-    """int64: actions taken in each episode in progress."""
-    actions: np.ndarray
-    """float64 ``(sum(lengths), action size)``: those actions, sub-env after sub-env, flattened."""
+    """int64: calls made on each sub-env since its game began."""
+    calls: np.ndarray
+    """float64 ``(sum(lengths), action size)``: those calls' actions, sub-env after sub-env, flattened (0 for resets)."""
+    resets: np.ndarray
+    """bool ``(sum(lengths),)``: which of the calls were resets that went on with the game."""
     observation_digests: np.ndarray
     """int64: a digest of each env's last observation, to tell a replay that arrived from one that did not."""
     episode_return: np.ndarray
@@ -103,7 +107,7 @@ class Carry:
         return Carry(**{name: np.asarray(arrays[name]) for name in FIELDS})
 
     def digest(self) -> bytes:
-        """Identifies the carry: equal digests, equal episodes (and so, for an env that replays, equal env states)."""
+        """Identifies the carry: equal digests, equal games (and so, for an env that replays, equal env states)."""
         hasher = hashlib.blake2b(digest_size=16)
         for name in FIELDS:
             array = np.ascontiguousarray(getattr(self, name))
@@ -112,36 +116,77 @@ class Carry:
         return hasher.digest()
 
 
-class ReplayableEpisode(gym.Wrapper):
-    """The outermost wrapper of every training sub-env when episodes are carried: it records the episode in
-    progress (its reset seed and the actions since), gives each new episode of a job a seed derived from the job's
-    task seed, and replays a recorded episode."""
+def chain_seed(origin: int, game: int) -> int:
+    """The seed of a sub-env's ``game``-th game: its first seed, then seeds derived from it."""
+    return origin if game == 0 else env_seed(derive_seed(origin, game, 0, Stream.EPISODE))
+
+
+class SeededResets(gym.Wrapper):
+    """The innermost wrapper of a sub-env whose games are carried: a reset without a seed (an autoreset, a wrapper
+    that starts a new game) takes the next seed of the sub-env's chain, so that every game starts from a seed."""
 
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
-        self.episode_seed = 0
-        self.actions: list[np.ndarray] = []
-        self.last: tuple[Any, dict[str, Any]] = (None, {})
-        """The last observation and info the env returned."""
-        self.next_seeds: Iterator[int] = iter(())
+        self.origin, self.game = 0, 0
+        self.resets = 0
+        self._continuing: tuple[int, int] | None = None
 
-    def begin_job(self, task_seed: int, index: int) -> None:
-        """Episodes that start in this job without a seed take theirs from (task seed, sub-env, episode)."""
-        self.next_seeds = (env_seed(derive_seed(task_seed, index, episode, Stream.EPISODE)) for episode in itertools.count())
+    def continue_chain(self, origin: int, game: int) -> None:
+        """The next reset, seeded with ``chain_seed(origin, game)``, restarts that game of that chain."""
+        self._continuing = (origin, game)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
-        seed = next(self.next_seeds) if seed is None else seed
+        if seed is None:
+            self.game += 1
+        elif self._continuing is not None:
+            self.origin, self.game = self._continuing
+        else:  # a new chain: the sub-env's first seed
+            self.origin, self.game = seed, 0
+        self._continuing = None
+        self.resets += 1
+        return self.env.reset(seed=chain_seed(self.origin, self.game), options=options)
+
+
+class ReplayableEpisode(gym.Wrapper):
+    """The outermost wrapper of a sub-env whose games are carried: it records the calls made since the game in
+    progress began, and replays recorded calls."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        inner = env
+        while not isinstance(inner, SeededResets):
+            inner = inner.env
+        self.chain: SeededResets = inner
+        self.origin, self.game = 0, 0
+        self.calls: list[np.ndarray] = []
+        self.resets: list[bool] = []
+        self.last: tuple[Any, dict[str, Any]] = (None, {})
+        """The last observation and info the env returned."""
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        resets_before = self.chain.resets
         observation, info = self.env.reset(seed=seed, options=options)
-        self.episode_seed, self.actions, self.last = seed, [], (observation, info)
+        if self.chain.resets > resets_before:  # a new game began in this call: the record starts here
+            self.origin, self.game = self.chain.origin, self.chain.game - (self.chain.resets - resets_before - 1)
+            self.calls, self.resets = [], []
+        else:  # the game went on (a lost life, say): replay must make this call too
+            self.calls.append(np.zeros(self._action_size))
+            self.resets.append(True)
+        self.last = (observation, info)
         return observation, info
 
     def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
         """The env steps the action as it is recorded, so that a replay gives it exactly the same values."""
         flat = np.asarray(action, dtype=np.float64).reshape(-1)
         observation, reward, terminated, truncated, info = self.env.step(self._action(flat))
-        self.actions.append(flat)
+        self.calls.append(flat)
+        self.resets.append(False)
         self.last = (observation, info)
         return observation, reward, terminated, truncated, info
+
+    @property
+    def _action_size(self) -> int:
+        return int(np.prod(self.action_space.shape, dtype=np.int64))
 
     def _action(self, flat: np.ndarray) -> Any:
         """A recorded action as the env takes it: the space's shape, and its dtype (float64 for float spaces)."""
@@ -149,12 +194,18 @@ class ReplayableEpisode(gym.Wrapper):
         dtype = np.float64 if np.issubdtype(space.dtype, np.floating) else space.dtype
         return flat.reshape(space.shape).astype(dtype)[()]
 
-    def replay(self, actions: np.ndarray, observation_digest: int) -> bool:
-        """Step the recorded ``actions`` (after the reset with the episode's seed); whether the env arrived at the
-        recorded last observation.  An episode that ends before its last action did not replay either."""
-        for flat in actions:
+    def replay(self, calls: np.ndarray, resets: np.ndarray, observation_digest: int) -> bool:
+        """Make the recorded calls again, right after the reset that began the game; whether the env arrived at
+        the recorded last observation.  A game that ends or starts anew where the record goes on did not replay."""
+        for index, (flat, is_reset) in enumerate(zip(calls, resets)):
+            if is_reset:
+                games_before = self.chain.resets
+                self.reset()
+                if self.chain.resets != games_before:
+                    return False
+                continue
             _, _, terminated, truncated, _ = self.step(flat)
-            if terminated or truncated:
+            if (terminated or truncated) and index + 1 < len(calls) and not resets[index + 1]:
                 return False
         return observation_digest_of(self.observation_space, self.last[0]) == observation_digest
 
@@ -193,56 +244,53 @@ _TASK_ENVS = WorkerCache(close=lambda kept: kept.vector_env.close())
 
 
 def resume(config: EnvConfig, env: EnvInfo, key: tuple[str, int], seed: int, carried: Mapping[str, np.ndarray] | None) -> Resumed:
-    """The task's vector env where ``carried`` left it (new episodes from ``seed`` where nothing is carried).
+    """The task's vector env where ``carried`` left it (new chains of games from ``seed`` where nothing is carried).
 
     ``key`` is (run fingerprint, task index): where this worker may have kept the env from the task's last job.
+    Sub-envs whose episode ended on the last job's last step are reset before the job's first step.
     """
     started = time.perf_counter()
-    kept = _TASK_ENVS.get(key, lambda: _KeptEnv(envs.make_vector_env(config, config.num_envs, outermost=ReplayableEpisode)))
+    kept = _TASK_ENVS.get(key, lambda: _KeptEnv(envs.make_vector_env(config, config.num_envs, innermost=SeededResets, outermost=ReplayableEpisode)))
     vector_env, kept_digest, kept.digest = kept.vector_env, kept.digest, None
-    wrappers: list[ReplayableEpisode] = list(vector_env.envs)
-    for index, wrapper in enumerate(wrappers):
-        wrapper.begin_job(seed, index)
     if carried is None:
-        cursor = EnvCursor.reset(vector_env, env_seed(seed), env)
+        cursor = EnvCursor.reset(vector_env, env_seed(seed), env)  # sub-env i starts its chain from seed + i
         return Resumed(vector_env, cursor, 0, 0, time.perf_counter() - started, False)
 
     carry = Carry.of(carried)
+    wrappers: list[ReplayableEpisode] = list(vector_env.envs)
     hit = kept_digest == carry.digest()
-    ended, replayed_steps, failures = carry.ended.astype(bool).copy(), 0, 0
-    episode_return, episode_length, discounted_return = (carry.episode_return.copy(), carry.episode_length.copy(), carry.discounted_return.copy())
-    if hit:  # the env is where the carry says: only the episodes that ended on the last step start anew
-        if ended.any():
-            vector_env.reset(seed=[None] * len(wrappers), options={"reset_mask": ended})
-    else:
-        seeds = [None if done else int(seed) for done, seed in zip(ended, carry.seeds)]
-        vector_env.reset(seed=seeds, options={"reset_mask": np.ones(len(wrappers), dtype=bool)})
+    restart = np.zeros(len(wrappers), dtype=bool)
+    replayed_steps = 0
+    if not hit:  # begin every sub-env's game again, then make its recorded calls
+        for wrapper, origin, game in zip(wrappers, carry.origins, carry.games):
+            wrapper.chain.continue_chain(int(origin), int(game))
+        vector_env.reset(seed=[chain_seed(int(origin), int(game)) for origin, game in zip(carry.origins, carry.games)])
         offsets = np.concatenate([[0], np.cumsum(carry.lengths)])
         for index, wrapper in enumerate(wrappers):
-            if ended[index]:
-                continue
-            actions = carry.actions[offsets[index] : offsets[index + 1]]
-            replayed_steps += len(actions)
-            if not wrapper.replay(actions, int(carry.observation_digests[index])):
-                failures += 1
-                ended[index] = True
-                vector_env.reset(seed=[None] * len(wrappers), options={"reset_mask": _only(index, len(wrappers))})
-    episode_return[ended], episode_length[ended], discounted_return[ended] = 0.0, 0, 0.0
+            calls, resets = carry.calls[offsets[index] : offsets[index + 1]], carry.resets[offsets[index] : offsets[index + 1]]
+            replayed_steps += int(np.count_nonzero(~resets))
+            restart[index] = not wrapper.replay(calls, resets, int(carry.observation_digests[index]))
+    reset = carry.ended.astype(bool) | restart
+    if reset.any():
+        vector_env.reset(seed=[None] * len(wrappers), options={"reset_mask": reset})
+    episode_return, episode_length, discounted_return = carry.episode_return.copy(), carry.episode_length.copy(), carry.discounted_return.copy()
+    episode_return[reset], episode_length[reset], discounted_return[reset] = 0.0, 0, 0.0
     cursor = EnvCursor(*_last_features_and_mask(vector_env, env), np.zeros(len(wrappers), dtype=bool), episode_return, episode_length, discounted_return)
-    return Resumed(vector_env, cursor, replayed_steps, failures, time.perf_counter() - started, hit)
+    return Resumed(vector_env, cursor, replayed_steps, int(restart.sum()), time.perf_counter() - started, hit)
 
 
 def capture(key: tuple[str, int], vector_env: Any, cursor: EnvCursor) -> Carry:
     """The carry of a task's envs at the end of its job (``cursor`` from its last round); the worker keeps the env."""
     wrappers: list[ReplayableEpisode] = list(vector_env.envs)
     action_size = int(np.prod(wrappers[0].action_space.shape, dtype=np.int64))
-    kept = [wrapper.actions if not done else [] for wrapper, done in zip(wrappers, cursor.ended)]
-    rows = [row for actions in kept for row in actions]
+    calls = [row for wrapper in wrappers for row in wrapper.calls]
     carry = Carry(
-        seeds=np.array([wrapper.episode_seed for wrapper in wrappers], dtype=np.int64),
+        origins=np.array([wrapper.origin for wrapper in wrappers], dtype=np.int64),
+        games=np.array([wrapper.game for wrapper in wrappers], dtype=np.int64),
         ended=np.asarray(cursor.ended, dtype=bool),
-        lengths=np.array([len(actions) for actions in kept], dtype=np.int64),
-        actions=np.stack(rows) if rows else np.zeros((0, action_size)),
+        lengths=np.array([len(wrapper.calls) for wrapper in wrappers], dtype=np.int64),
+        calls=np.stack(calls) if calls else np.zeros((0, action_size)),
+        resets=np.array([flag for wrapper in wrappers for flag in wrapper.resets], dtype=bool),
         observation_digests=np.array([observation_digest_of(wrapper.observation_space, wrapper.last[0]) for wrapper in wrappers], dtype=np.int64),
         episode_return=np.asarray(cursor.episode_return, dtype=np.float64),
         episode_length=np.asarray(cursor.episode_length, dtype=np.int64),
@@ -252,9 +300,9 @@ def capture(key: tuple[str, int], vector_env: Any, cursor: EnvCursor) -> Carry:
     return carry
 
 
-def bound_bytes(num_envs: int, action_size: int, episode_steps: int) -> int:
-    """The most bytes one task's carry takes with episodes of at most ``episode_steps`` steps."""
-    return num_envs * (BYTES_PER_ENV + episode_steps * action_size * 8)
+def bound_bytes(num_envs: int, action_size: int, game_calls: int) -> int:
+    """The most bytes one task's carry takes with games of at most ``game_calls`` calls."""
+    return num_envs * (BYTES_PER_ENV + game_calls * (action_size * 8 + 1))
 
 
 def carries_in_state(state: Mapping[str, np.ndarray]) -> dict[int, dict[str, np.ndarray]]:
@@ -273,12 +321,6 @@ def replace_in_state(state: dict[str, np.ndarray], carries: Mapping[int, Carry])
     for task_index, carry in sorted(carries.items()):
         kept.update({f"{PREFIX}{task_index}.{name}": value for name, value in carry.arrays().items()})
     return kept
-
-
-def _only(index: int, count: int) -> np.ndarray:
-    mask = np.zeros(count, dtype=bool)
-    mask[index] = True
-    return mask
 
 
 def _last_features_and_mask(vector_env: Any, env: EnvInfo) -> tuple[dict[str, np.ndarray], np.ndarray | None]:

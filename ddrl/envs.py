@@ -167,16 +167,18 @@ def make_env(env: EnvConfig, **kwargs: Any) -> gym.Env:
     return single
 
 
-def make_vector_env(env: EnvConfig, num_envs: int, outermost: Callable[[gym.Env], gym.Env] | None = None) -> gym.vector.VectorEnv:
+def make_vector_env(
+    env: EnvConfig, num_envs: int, innermost: Callable[[gym.Env], gym.Env] | None = None, outermost: Callable[[gym.Env], gym.Env] | None = None
+) -> gym.vector.VectorEnv:
     """The training vector env: EnvPool's where ``env.envpool`` says so, else the env's native vector version where
-    it has one, else a synchronous vector of single envs.  ``outermost`` wraps every sub-env over the config's
-    wrappers, in a synchronous vector of single envs (``.envs``) whatever the env offers.
+    it has one, else a synchronous vector of single envs.  ``innermost`` and ``outermost`` wrap every sub-env under
+    and over the config's wrappers, in a synchronous vector of single envs (``.envs``) whatever the env offers.
 
     Every vector env here autoresets on the step after an episode ends (``AutoresetMode.NEXT_STEP``).
     """
-    if env.envpool is not None and outermost is None:
+    if env.envpool is not None and innermost is None and outermost is None:
         return SeededEnvPool(env.envpool, num_envs)
-    wrappers = [wrap for _, wrap in _wrappers(env)] + ([outermost] if outermost is not None else [])
+    wrappers = [wrap for wrap in (innermost, *(wrap for _, wrap in _wrappers(env)), outermost) if wrap is not None]
     mode = {"vectorization_mode": "sync"} if wrappers else {}  # a native vector env takes no per-env wrappers
     wrappers = wrappers or None
     vector_env = gym.make_vec(_registered_id(env.id), num_envs, wrappers=wrappers, **mode, **_make_kwargs(env))

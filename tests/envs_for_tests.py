@@ -269,3 +269,25 @@ class TupleObservationEnv(_OneStep):
 
     def _reward(self, action):
         return float(int(action) == int(self.state[0].sum() > 0 or self.state[1] == 2))
+
+
+class UnseededStartCartPole(gym.Env):
+    """CartPole whose starting state also depends on how many resets this process made before, not only on the
+    seed: it does not replay (``ddrl.carry``)."""
+
+    resets_in_process = 0
+
+    def __init__(self) -> None:
+        from gymnasium.envs.classic_control import CartPoleEnv
+
+        self.env = CartPoleEnv()
+        self.observation_space, self.action_space = self.env.observation_space, self.env.action_space
+
+    def reset(self, *, seed=None, options=None):
+        observation, info = self.env.reset(seed=seed, options=options)
+        UnseededStartCartPole.resets_in_process += 1
+        self.env.state = self.env.state + 1e-3 * (UnseededStartCartPole.resets_in_process % 7)
+        return np.asarray(self.env.state, dtype=np.float32), info
+
+    def step(self, action):
+        return self.env.step(action)

@@ -479,14 +479,14 @@ class PPO:
         return Policy(model.actor, self.env, architecture, obs_mean if normalized else None, obs_variance if normalized else None)
 
     def task_carry_bytes(self) -> int:
-        """The most bytes one task's carried episodes take: its envs' longest possible episodes, which the time
-        limit bounds, and so does the run's budget of steps per sub-env."""
+        """The most bytes one task's carried games take: its envs' longest possible games, which the time limit
+        bounds, and so does the run's budget of steps per sub-env (a reset may follow each step: twice the calls)."""
         if not self.hp.carry_episodes:
             return 0
         config = self.config
         run_steps_per_env = math.ceil(config.train.total_env_steps / (config.spark.num_tasks * config.env.num_envs))
-        episode_steps = min(self.env.max_episode_steps or run_steps_per_env, run_steps_per_env)
-        return carry.bound_bytes(config.env.num_envs, math.prod(self.env.action.shape), episode_steps)
+        game_steps = min(self.env.max_episode_steps or run_steps_per_env, run_steps_per_env)
+        return carry.bound_bytes(config.env.num_envs, math.prod(self.env.action.shape), 2 * game_steps)
 
     def task_result_bytes(self) -> int:
         """The parameter change as one int64 a parameter; with ``adam_moments: average`` both moments as limbs."""
