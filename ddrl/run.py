@@ -62,7 +62,7 @@ class Run:
                 raise ConfigError(f"resume: {directory} is not a ddrl run directory (no {CONFIG_FILE})")
             stored = config_module.load(stored_path)
             config = config_module.load(source if source is not None else stored, overrides)
-            if config.fingerprint() != stored.fingerprint():
+            if _but_the_spark_section(config) != _but_the_spark_section(stored):
                 raise ConfigError(f"resume: {directory} belongs to a different config than the one given")
             env = _described(config)
             return Run(config, env, directory, resumed=True, latest_checkpoint=_latest_fitting_checkpoint(config, env, directory))
@@ -119,6 +119,12 @@ def read_metrics(directory: Path) -> pa.Table:
     paths = sorted((directory / METRICS_DIR).glob("iteration-*.parquet"))
     tables = [pq.read_table(path) for path in paths]
     return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+
+
+def _but_the_spark_section(config: Config) -> str:
+    """What a resumed run's config must share with the run's: everything but the output and how the work is spread
+    (a run may go on with other ``spark.num_tasks``: new task indices start new episodes, dropped ones end)."""
+    return config.model_copy(update={"spark": config_module.SparkConfig()}).fingerprint()
 
 
 def _described(config: Config) -> EnvInfo:

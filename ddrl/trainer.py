@@ -254,6 +254,7 @@ class RunLoop:
             run.drop_metrics_after(0)
             return self.algorithm.initial_state(), Progress()
         state, meta = run.latest_checkpoint
+        run.create()  # the config it goes on with (its spark section may differ from the one before)
         progress = Progress(meta["iteration"], meta["env_steps"], meta["solved_streak"], meta["finished"], meta["best_eval_return"])
         run.drop_metrics_after(progress.iteration)
         log.info("resuming %s after iteration %d (%d env steps)", run.directory, progress.iteration, progress.env_steps)

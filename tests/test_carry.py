@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 
 import gymnasium as gym
 import numpy as np
@@ -190,8 +191,6 @@ def test_a_run_resumed_from_a_checkpoint_taken_mid_episode_gives_the_same_parame
     carried = carry.carries_in_state(state)
     assert sorted(carried) == [0, 1] and all(arrays["lengths"][~arrays["ended"]].min() > 0 for arrays in carried.values())
 
-    import shutil
-
     shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
     for name in ("ckpt-000003", "ckpt-000004"):  # as if the driver died after checkpointing iteration 2
         for suffix in (".json", ".safetensors"):
@@ -204,3 +203,20 @@ def test_envpool_with_carried_episodes_is_a_config_error():
     config = small_ppo_config(ROOT, env={"id": "CartPole-v1", "envpool": {"id": "CartPole-v1"}})
     with pytest.raises(ConfigError, match=r"^env.envpool: .*ppo.carry_episodes: false"):
         config_module.load(config)
+
+
+def test_a_run_resumed_with_other_task_counts_starts_new_tasks_fresh_and_ends_dropped_ones(spark, tmp_path):
+    config = small_ppo_config(tmp_path, ppo={"num_steps": 16}, train={"total_env_steps": 4 * 16 * 2 * 4})
+    ddrl.train(spark, config, run_dir=tmp_path / "whole", observers=[])
+    for num_tasks, iterations in ((3, 2 + 2), (1, 2 + 4)):  # 256 steps left: 2 iterations of 3 tasks, 4 of 1
+        run = tmp_path / f"tasks-{num_tasks}"
+        shutil.copytree(tmp_path / "whole", run)
+        for name in ("ckpt-000003", "ckpt-000004"):  # back to the checkpoint of iteration 2
+            for suffix in (".json", ".safetensors"):
+                (run / "checkpoints" / (name + suffix)).unlink()
+        result = ddrl.train(spark, config_module.load(config, [f"spark.num_tasks={num_tasks}"]), resume=run, observers=[])
+        state, _ = checkpoint.load_latest(run / "checkpoints")
+        assert result.iterations == iterations and sorted(carry.carries_in_state(state)) == list(range(num_tasks))
+        assert config_module.load(run / "config.yaml").spark.num_tasks == num_tasks
+    with pytest.raises(ConfigError, match="belongs to a different config"):
+        ddrl.train(spark, config_module.load(config, ["ppo.learning_rate=0.1"]), resume=tmp_path / "whole")

@@ -99,7 +99,8 @@ def test_connect_gives_the_classic_parameters_and_metrics(sessions, name):
     tmp, scenarios, _ = sessions
     assert scenarios[name]["outcome"] == "trained", scenarios[name]
     assert np.array_equal(final_params(tmp / f"connect-{name}"), final_params(tmp / f"classic-{name}"))
-    timings = {"wall_s", "iteration_s", "ship_s", "tasks_s", "merge_s", "driver_s", "steps_per_s", "eval_s", "rollout_s", "update_s"}
+    timings = {"wall_s", "iteration_s", "ship_s", "tasks_s", "merge_s", "driver_s", "steps_per_s", "eval_s", "rollout_s", "update_s",
+               *("restore_s", "replayed_steps", "carry_cache_hits")}  # how often a worker still held a task's envs: scheduling
     rows = {kind: sorted(pq.read_table(tmp / f"{kind}-{name}" / "metrics").to_pylist(), key=lambda row: row["iteration"])
             for kind in ("classic", "connect")}
     assert [{k: v for k, v in row.items() if k not in timings} for row in rows["connect"]] == \

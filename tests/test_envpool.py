@@ -13,7 +13,7 @@ from ddrl import envs
 
 
 def test_a_seeded_reset_reseeds_every_sub_env_as_gymnasium_does():
-    env = config_module.load(small_ppo_config("unused", env={"id": "CartPole-v1", "envpool": {"id": "CartPole-v1"}})).env
+    env = config_module.load(small_ppo_config("unused", env={"id": "CartPole-v1", "envpool": {"id": "CartPole-v1"}}, ppo={"carry_episodes": False})).env
     vector_env = envs.make_vector_env(env, 4)
     assert isinstance(vector_env, envs.SeededEnvPool) and vector_env.metadata["autoreset_mode"] == envs.AutoresetMode.NEXT_STEP
     first, _ = vector_env.reset(seed=10)
@@ -33,7 +33,7 @@ def _breakout(tmp_path, name: str) -> dict:
     base = config_module.load("conf/breakout_ppo.yaml").to_dict()
     envpool = {"id": "Breakout-v5", "kwargs": {"episodic_life": True, "reward_clip": True, "noop_max": 30, "repeat_action_probability": 0.0}}
     return small_ppo_config(tmp_path, name=name, env={**base["env"], "num_envs": 2, "max_episode_steps": 300, "envpool": envpool},
-                            ppo={"num_steps": 16, "cnn": "nature", "hidden_sizes": []},
+                            ppo={"num_steps": 16, "cnn": "nature", "hidden_sizes": [], "carry_episodes": False},
                             train={"total_env_steps": 2 * 2 * 16 * 2, "eval_episodes": 1, "final_eval_episodes": 1})
 
 
@@ -51,5 +51,5 @@ def test_ppo_on_envpool_breakout_gives_the_same_parameters_twice(spark, tmp_path
 ])
 def test_envpool_envs_that_do_not_fit_are_refused_naming_the_field(envpool, expected):
     with pytest.raises(ddrl.ConfigError) as error:
-        envs.describe(config_module.load(small_ppo_config("unused", env={"id": "CartPole-v1", "envpool": envpool})).env)
+        envs.describe(config_module.load(small_ppo_config("unused", env={"id": "CartPole-v1", "envpool": envpool}, ppo={"carry_episodes": False})).env)
     assert str(error.value).startswith(expected) and "\n" not in str(error.value)

@@ -103,7 +103,7 @@ def envpool_iterations(bench: Bench) -> list[dict[str, Any]]:
     steps = 2 * 4 * 128 * sizes.pixels_envpool_iterations
     for backend in ("gymnasium", "envpool"):
         overrides = [f"train.total_env_steps={steps}", "ppo.local_rounds=1", "train.eval_episodes=2", "env.max_episode_steps=2000"]
-        overrides += [f"env.envpool={ENVPOOL_BREAKOUT}"] if backend == "envpool" else []
+        overrides += ["ppo.carry_episodes=false"] + ([f"env.envpool={ENVPOOL_BREAKOUT}"] if backend == "envpool" else [])
         run_dir = bench.work / "runs" / f"pixels-breakout-{backend}"
         result = run_process(train_command("local[2]", "conf/breakout_ppo.yaml", run_dir, overrides), bench.work / "logs" / f"{run_dir.name}.log",
                              sizes.subprocess_timeout)
