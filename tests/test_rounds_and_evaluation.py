@@ -72,7 +72,7 @@ def _merged(change: np.ndarray, samples=(10, 30), change_sq_norms=None) -> Merge
     return MergedResult(sum(samples), {"params_change": change}, tasks, {})
 
 
-RESTART = {"adam_moments": "restart"}  # no Adam state to fold in: the hand-made results below carry none
+RESTART = {"adam_moments": "restart", "carry_episodes": False}  # no Adam state or envs to carry: the hand-made results below have none
 
 
 def test_outer_lr_one_without_momentum_adds_the_mean_change(tmp_path):
