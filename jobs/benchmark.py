@@ -27,6 +27,8 @@ Parts (``--only`` takes one or more, comma-separated or repeated; default all, i
                   ``--atari-local-rounds``) against SB3 PPO (rl-zoo's Atari settings) on one core at the same agent
                   steps: returns, wall time and env steps per second against the raw env's rate; EnvPool against
                   gymnasium's vector env (#13);
+* ``carry``       the cost per iteration of carrying episodes from job to job against resetting every job, on
+                  CartPole, HalfCheetah and Breakout PPO: bytes carried per task, seconds to restore, replays (#20);
 * ``sweep``       16 CartPole trials (4 learning rates x 4 seeds) in one jobs/sweep.py process against one trial,
                   whole processes on local[2]: a plain grid and successive halving (#14).
 
@@ -61,6 +63,7 @@ if _CHECKOUT not in sys.path:  # run as a script: import jobs.benchmark_parts an
     sys.path.insert(0, _CHECKOUT)
 
 from jobs.benchmark_parts.breakdown import breakdown
+from jobs.benchmark_parts.carry import carry
 from jobs.benchmark_parts.common import ROOT, STARTED_AT, Bench, Sizes, load_average, log, markdown_table, row
 from jobs.benchmark_parts.connect import connect
 from jobs.benchmark_parts.cost_model import cost_model
@@ -76,14 +79,15 @@ from jobs.benchmark_parts.throughput import throughput
 from jobs.benchmark_parts.time_to_target import time_to_target
 from jobs.benchmark_parts.vs_sb3 import vs_sb3
 
-PARTS = ("throughput", "breakdown", "cost_model", "rounds", "large_model", "scaling", "vs_sb3", "halfcheetah", "connect",
+PARTS = ("throughput", "breakdown", "carry", "cost_model", "rounds", "large_model", "scaling", "vs_sb3", "halfcheetah", "connect",
          "simulated_cluster", "time_to_target", "pixels", "sweep")
 """In running order: the in-process parts first (one Spark session), then those that start their own."""
-IN_PROCESS = ("throughput", "breakdown", "cost_model", "rounds", "large_model")
+IN_PROCESS = ("throughput", "breakdown", "carry", "cost_model", "rounds", "large_model")
 
 RUNNERS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "throughput": throughput,
     "breakdown": breakdown,
+    "carry": carry,
     "cost_model": cost_model,
     "scaling": scaling,
     "vs_sb3": vs_sb3,

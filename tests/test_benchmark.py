@@ -82,3 +82,17 @@ def test_time_to_target_reads_sb3s_evaluation_lines():
     output = "eval at 50000 steps: 998.7 (81.4 s)\nnoise\neval at 510404 steps: -5.5 (891.8 s)\nfinal evaluation: 5377.8 +- 587.6\n"
     assert time_to_target.sb3_evaluations(output) == [{"steps": 50000, "mean": 998.7, "seconds": 81.4},
                                                       {"steps": 510404, "mean": -5.5, "seconds": 891.8}]
+
+
+def test_carry_part_compares_carried_and_reset_runs(spark, tmp_path):
+    sizes = common.Sizes.quick()
+    sizes.carry_iterations = {"CartPole PPO": 3}
+    bench = common.Bench(sizes, tmp_path / "work", tmp_path / "benchmark.json", quick=True, spark=spark)
+
+    results = benchmark.run_parts(bench, ["carry"])
+
+    assert results["meta"]["failures"] == {}
+    data = results["parts"]["carry"]["data"]["CartPole PPO"]
+    assert len(data["carried"]["iterations"]) == len(data["reset every job"]["iterations"]) == 2
+    assert all(metrics["carry_bytes"] > 0 for metrics in data["carried"]["metrics"])
+    assert data["cold_restore"]["replayed_steps"] > 0 and data["cold_restore"]["replay_failures"] == 0

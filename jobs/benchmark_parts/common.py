@@ -95,6 +95,8 @@ class Sizes:
     sweep_seeds: int = 4
     sweep_halving_min_steps: int = 8192  # two iterations of the shipped CartPole config
     sweep_budget: int | None = None  # None: the config's budget
+    carry_iterations: dict[str, int] = dataclasses.field(  # the first of each is not measured
+        default_factory=lambda: {"CartPole PPO": 21, "HalfCheetah PPO": 9, "Breakout PPO": 5})
 
     @staticmethod
     def quick() -> "Sizes":
@@ -138,6 +140,7 @@ class Sizes:
             sweep_seeds=1,
             sweep_halving_min_steps=4096,
             sweep_budget=8192,
+            carry_iterations={"CartPole PPO": 2, "HalfCheetah PPO": 2, "Breakout PPO": 2},
         )
 
 
