@@ -64,7 +64,7 @@ if _CHECKOUT not in sys.path:  # run as a script: import jobs.benchmark_parts an
 
 from jobs.benchmark_parts.breakdown import breakdown
 from jobs.benchmark_parts.carry import carry
-from jobs.benchmark_parts.common import ROOT, STARTED_AT, Bench, Sizes, load_average, log, markdown_table, row
+from jobs.benchmark_parts.common import CARRIED_ROUND_VARIANTS, ROOT, STARTED_AT, Bench, Sizes, load_average, log, markdown_table, row
 from jobs.benchmark_parts.connect import connect
 from jobs.benchmark_parts.cost_model import cost_model
 from jobs.benchmark_parts.halfcheetah import halfcheetah
@@ -113,6 +113,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--minatar-steps", type=int, help="pixels: MinAtar Breakout's step budget (default 500k)")
     parser.add_argument("--atari-steps", type=int, help="pixels: Atari Breakout's step budget (default 0: not run)")
     parser.add_argument("--atari-local-rounds", help="pixels: Atari Breakout's local_rounds, one run each (default 4), comma-separated")
+    parser.add_argument("--rounds-seeds", help="rounds: seeds, comma-separated (default 1-12)")
+    parser.add_argument("--rounds-carried", action="store_true", help="rounds: only the variants with carried episodes (#20)")
     parser.add_argument("--time-to-target-envs", help="time_to_target: env ids, comma-separated (default HalfCheetah-v5,Hopper-v5)")
     args = parser.parse_args(argv)
     parts = [part for item in args.only for part in item.split(",") if part]
@@ -160,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         sizes.sb3_seeds = tuple(int(seed) for seed in args.seeds.split(","))
     if args.halfcheetah_minutes:
         sizes.halfcheetah_minutes = args.halfcheetah_minutes
+    if args.rounds_seeds:
+        sizes.rounds_seeds = tuple(int(seed) for seed in args.rounds_seeds.split(","))
+    if args.rounds_carried:
+        sizes.rounds_variants = CARRIED_ROUND_VARIANTS
     if args.time_to_target_envs:
         sizes.time_to_target_envs = tuple(args.time_to_target_envs.split(","))
     if args.minatar_steps is not None:

@@ -31,9 +31,12 @@ CARTPOLE_TARGET = 475.0
 
 # The rounds part's variants (jobs/benchmark_parts/rounds.py runs them), here for the default of Sizes.rounds_variants.
 _ROUNDS_8X256 = ["env.num_envs=8", "ppo.num_steps=256", "ppo.update_epochs=10", "ppo.num_minibatches=8", "ppo.gamma=0.99",
-                 "ppo.gae_lambda=0.95", "ppo.learning_rate=0.001", "train.total_env_steps=300000"]
+                 "ppo.gae_lambda=0.95", "ppo.learning_rate=0.001", "train.total_env_steps=300000", "ppo.carry_episodes=false"]
 _ZOO_ROUNDS = ["env.num_envs=8", "ppo.num_steps=32", "ppo.update_epochs=20", "ppo.num_minibatches=1", "ppo.gamma=0.98",
-               "ppo.gae_lambda=0.8", "ppo.learning_rate=0.001", "train.total_env_steps=100000"]
+               "ppo.gae_lambda=0.8", "ppo.learning_rate=0.001", "train.total_env_steps=100000", "ppo.carry_episodes=false"]
+_CARRIED_ZOO = ["ppo.num_steps=32", "ppo.update_epochs=20", "ppo.num_minibatches=1", "ppo.gamma=0.98", "ppo.gae_lambda=0.8",
+                "ppo.learning_rate=0.001", "train.total_env_steps=300000", "ppo.carry_episodes=true", "spark.num_tasks=2",
+                "ppo.adam_moments=fedadamw"]
 ROUND_VARIANTS: dict[str, list[str]] = {
     # name: overrides of conf/cartpole_ppo.yaml.  "8x256" rounds: 8 envs x 256 steps, 10 epochs of 8 minibatches;
     # "zoo" rounds: rl-zoo's CartPole PPO (8 envs x 32 steps, 20 epochs of one 256-sample minibatch, lr 1e-3
@@ -46,7 +49,14 @@ ROUND_VARIANTS: dict[str, list[str]] = {
     "zoo rounds, 1 task, K=8, adam fedadamw": [*_ZOO_ROUNDS, "spark.num_tasks=1", "ppo.local_rounds=8", "ppo.adam_moments=fedadamw"],
     "zoo rounds, 1 task, K=16, adam fedadamw": [*_ZOO_ROUNDS, "spark.num_tasks=1", "ppo.local_rounds=16", "ppo.adam_moments=fedadamw"],
     "zoo rounds, 1 task, K=16, adam restart": [*_ZOO_ROUNDS, "spark.num_tasks=1", "ppo.local_rounds=16", "ppo.adam_moments=restart"],
+    # Carried episodes (#20): each task's episodes go on from job to job, so rollouts may be short.
+    "8x256 rounds, 2 tasks, K=1, carried": [*_ROUNDS_8X256, "spark.num_tasks=2", "ppo.local_rounds=1", "ppo.carry_episodes=true"],
+    "zoo 4x32, 2 tasks, K=2, carried": [*_CARRIED_ZOO, "env.num_envs=4", "ppo.local_rounds=2"],
+    "zoo 4x32, 2 tasks, K=4, carried (shipped)": [*_CARRIED_ZOO, "env.num_envs=4", "ppo.local_rounds=4"],
+    "zoo 4x32, 2 tasks, K=8, carried": [*_CARRIED_ZOO, "env.num_envs=4", "ppo.local_rounds=8"],
+    "zoo 8x32, 2 tasks, K=4, carried": [*_CARRIED_ZOO, "env.num_envs=8", "ppo.local_rounds=4"],
 }
+CARRIED_ROUND_VARIANTS = tuple(name for name in ROUND_VARIANTS if "carried" in name)
 
 
 @dataclasses.dataclass
