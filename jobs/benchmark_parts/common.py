@@ -383,7 +383,8 @@ def train_in_process(bench: Bench, config_path: str, overrides: list[str], itera
 def iteration_steps(config: Any) -> int:
     """Env steps of one iteration (PPO exactly; ES at most, episodes of the env's time limit)."""
     if config.algo == "ppo":
-        return config.env.num_envs * config.hyperparameters.num_steps * config.spark.num_tasks
+        hp = config.hyperparameters
+        return config.env.num_envs * hp.num_steps * hp.local_rounds * config.spark.num_tasks
     limit = config.env.max_episode_steps or _episode_limit(config.env.id)
     return 2 * config.hyperparameters.num_directions * config.hyperparameters.episodes_per_perturbation * limit
 

@@ -8,16 +8,20 @@ from typing import Any
 
 import numpy as np
 
-from jobs.benchmark_parts.common import (CARTPOLE_TARGET, ROOT, Bench, load_average, median, parse_train_output, read_run_metrics, row,
-                                         run_process, train_command)
+from jobs.benchmark_parts.common import (CARTPOLE_TARGET, ROOT, Bench, iteration_steps, load_average, median, parse_train_output,
+                                         read_run_metrics, row, run_process, train_command)
 from jobs.benchmark_parts.sb3 import require_sb3
 
 
 def vs_sb3(bench: Bench) -> dict[str, Any]:
     """The README's first command against SB3 PPO (rl-zoo), seed by seed in turn: whole processes, each side stopping
-    at its first 20-episode evaluation >= 475 (ddrl: --set train.solved_evaluations=1; the config asks for two)."""
+    at its first 20-episode evaluation >= 475 (ddrl: --set train.solved_evaluations=1; the config asks for two).
+    SB3 evaluates as often as ddrl does: every ddrl iteration's env steps."""
+    from ddrl import config as config_module
+
     require_sb3()
     sizes = bench.sizes
+    eval_every = iteration_steps(config_module.load(ROOT / "conf" / "cartpole_ppo.yaml"))
     runs: dict[str, list[dict[str, Any]]] = {"ddrl": [], "sb3": []}
     for seed in sizes.sb3_seeds:
         run_dir = bench.work / "runs" / f"vs_sb3-ddrl-seed{seed}"
@@ -36,7 +40,8 @@ def vs_sb3(bench: Bench) -> dict[str, Any]:
             "iterations_s": sum(r["iteration_s"] for r in metrics),
             "log": result["log"], "load_average": load_average(),
         })
-        command = [sys.executable, str(ROOT / "jobs" / "benchmark.py"), "sb3-cartpole", "--seed", str(seed), "--max-steps", str(sizes.sb3_max_steps)]
+        command = [sys.executable, str(ROOT / "jobs" / "benchmark.py"), "sb3-cartpole", "--seed", str(seed), "--max-steps", str(sizes.sb3_max_steps),
+                   "--eval-every", str(eval_every)]
         result = run_process(command, bench.work / "logs" / f"vs_sb3-sb3-seed{seed}.log", sizes.subprocess_timeout)
         parsed = parse_train_output(result["output"])
         runs["sb3"].append({"seed": seed, "returncode": result["returncode"], **parsed, "wall_parent_s": result["wall_parent_s"],
