@@ -271,8 +271,13 @@ def resume(config: EnvConfig, env: EnvInfo, key: tuple[str, int], seed: int, car
             replayed_steps += int(np.count_nonzero(~resets))
             restart[index] = not wrapper.replay(calls, resets, int(carry.observation_digests[index]))
     reset = carry.ended.astype(bool) | restart
-    if reset.any():
-        vector_env.reset(seed=[None] * len(wrappers), options={"reset_mask": reset})
+    if reset.any():  # an ended episode's sub-env resets as its autoreset would; one that did not replay starts a new game
+        seeds: list[int | None] = [None] * len(wrappers)
+        for index in np.flatnonzero(restart):
+            origin, game = int(carry.origins[index]), int(carry.games[index]) + 1
+            wrappers[index].chain.continue_chain(origin, game)
+            seeds[index] = chain_seed(origin, game)
+        vector_env.reset(seed=seeds, options={"reset_mask": reset})
     episode_return, episode_length, discounted_return = carry.episode_return.copy(), carry.episode_length.copy(), carry.discounted_return.copy()
     episode_return[reset], episode_length[reset], discounted_return[reset] = 0.0, 0, 0.0
     cursor = EnvCursor(*_last_features_and_mask(vector_env, env), np.zeros(len(wrappers), dtype=bool), episode_return, episode_length, discounted_return)

@@ -117,14 +117,21 @@ def _train_in_process(algorithm, iterations: int, cold_worker_every_task: bool):
     return state, records
 
 
-def test_a_kept_env_and_a_replayed_one_give_the_same_tasks(tmp_path):
+BREAKOUT_SMALL = {"env": {**_breakout_env(), "num_envs": 2}, "ppo": {"num_steps": 32, "cnn": "nature", "hidden_sizes": []}}
+"""The shipped Breakout stack (EpisodicLife: games go on across lost lives, and across jobs), small rollouts."""
+
+
+@pytest.mark.parametrize("sections", [{"ppo": {"num_steps": 16}}, BREAKOUT_SMALL], ids=["cartpole", "breakout"])
+def test_a_kept_env_and_a_replayed_one_give_the_same_tasks(tmp_path, sections):
     """A worker that kept the task's envs goes on with them; one that did not replays the carry: same bytes."""
     _cold_worker()
-    kept_state, kept_records = _train_in_process(_algorithm(tmp_path, ppo={"num_steps": 16}), 4, cold_worker_every_task=False)
-    replayed_state, replayed_records = _train_in_process(_algorithm(tmp_path, ppo={"num_steps": 16}), 4, cold_worker_every_task=True)
+    kept_state, kept_records = _train_in_process(_algorithm(tmp_path, **sections), 4, cold_worker_every_task=False)
+    replayed_state, replayed_records = _train_in_process(_algorithm(tmp_path, **sections), 4, cold_worker_every_task=True)
     assert [task["carry_cache_hit"] for task in kept_records[-1]] == [1.0, 1.0]
     assert all(task["carry_cache_hit"] == 0.0 and task["replayed_steps"] > 0 for task in replayed_records[-1])
     assert kept_state.keys() == replayed_state.keys() and any(key.startswith(carry.PREFIX) for key in kept_state)
+    if sections is BREAKOUT_SMALL:  # lives were lost and the games went on: resets inside the carried records
+        assert any(array.any() for key, array in kept_state.items() if key.endswith(".resets"))
     for key in kept_state:
         assert np.array_equal(kept_state[key], replayed_state[key]), key
 
