@@ -1,7 +1,7 @@
 """Proximal Policy Optimization (Schulman et al. 2017), trained by local rounds and an outer step on the driver.
 
 Every task starts from the broadcast parameters theta and runs ``local_rounds`` rounds on its own envs, episodes
-continuing from round to round: collect ``num_envs x num_steps`` transitions, compute GAE(lambda) advantages,
+continuing from round to round and, carried by the driver (``ddrl.carry``), from job to job: collect ``num_envs x num_steps`` transitions, compute GAE(lambda) advantages,
 run ``update_epochs x num_minibatches`` Adam steps on the clipped surrogate objective.  It returns the change
 of its parameters, Delta_i = theta_i - theta, weighted by its sample count n_i, as one int64 fixed-point value
 per parameter (``ddrl.merge.FixedPoint``: exact and order-independent to sum).  The driver takes the outer
