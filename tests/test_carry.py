@@ -227,3 +227,13 @@ def test_a_run_resumed_with_other_task_counts_starts_new_tasks_fresh_and_ends_dr
         assert config_module.load(run / "config.yaml").spark.num_tasks == num_tasks
     with pytest.raises(ConfigError, match="belongs to a different config"):
         ddrl.train(spark, config_module.load(config, ["ppo.learning_rate=0.1"]), resume=tmp_path / "whole")
+
+
+def test_a_carry_the_driver_cannot_hold_is_refused_before_any_job(spark, tmp_path):
+    """4,096 CartPole envs a task, episodes up to 5,000 steps: each task's carry could reach 352 MiB."""
+    config = small_ppo_config(tmp_path, env={"num_envs": 4096, "max_episode_steps": 5000}, train={"total_env_steps": 10**10})
+    with pytest.raises(ConfigError, match=r"^spark: .*driver would collect"):
+        ddrl.train(spark, config, run_dir=tmp_path / "run", observers=[])
+    assert not (tmp_path / "run").exists()
+    ddrl.train(spark, config_module.load(config, ["ppo.carry_episodes=false", "env.num_envs=4", "train.total_env_steps=512"]),
+               run_dir=tmp_path / "small", observers=[])
