@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobs.benchmark_parts.common import ROOT, Bench, load_average, median, row, slim, train_in_process
+from jobs.benchmark_parts.common import Bench, load_average, median, row, slim, train_in_process
 
 CONFIGS = {"CartPole PPO": "conf/cartpole_ppo.yaml", "HalfCheetah PPO": "conf/halfcheetah_ppo.yaml", "Breakout PPO": "conf/breakout_ppo.yaml"}
 
