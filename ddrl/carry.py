@@ -157,6 +157,10 @@ class ReplayableEpisode(gym.Wrapper):
         while not isinstance(inner, SeededResets):
             inner = inner.env
         self.chain: SeededResets = inner
+        space = self.action_space  # how a recorded action goes back to the env, worked out once (not every step)
+        self._action_shape = space.shape
+        self._action_dtype = np.float64 if np.issubdtype(space.dtype, np.floating) else space.dtype
+        self._action_size = int(np.prod(space.shape, dtype=np.int64))
         self.origin, self.game = 0, 0
         self.calls: list[np.ndarray] = []
         self.resets: list[bool] = []
@@ -184,24 +188,18 @@ class ReplayableEpisode(gym.Wrapper):
         self.last = (observation, info)
         return observation, reward, terminated, truncated, info
 
-    @property
-    def _action_size(self) -> int:
-        return int(np.prod(self.action_space.shape, dtype=np.int64))
-
     def _action(self, flat: np.ndarray) -> Any:
         """A recorded action as the env takes it: the space's shape, and its dtype (float64 for float spaces)."""
-        space = self.action_space
-        dtype = np.float64 if np.issubdtype(space.dtype, np.floating) else space.dtype
-        return flat.reshape(space.shape).astype(dtype)[()]
+        return flat.reshape(self._action_shape).astype(self._action_dtype)[()]
 
     def replay(self, calls: np.ndarray, resets: np.ndarray, observation_digest: int) -> bool:
         """Make the recorded calls again, right after the reset that began the game; whether the env arrived at
         the recorded last observation.  A game that ends or starts anew where the record goes on did not replay."""
         for index, (flat, is_reset) in enumerate(zip(calls, resets)):
             if is_reset:
-                games_before = self.chain.resets
+                resets_before = self.chain.resets
                 self.reset()
-                if self.chain.resets != games_before:
+                if self.chain.resets != resets_before:
                     return False
                 continue
             _, _, terminated, truncated, _ = self.step(flat)
@@ -287,14 +285,13 @@ def resume(config: EnvConfig, env: EnvInfo, key: tuple[str, int], seed: int, car
 def capture(key: tuple[str, int], vector_env: Any, cursor: EnvCursor) -> Carry:
     """The carry of a task's envs at the end of its job (``cursor`` from its last round); the worker keeps the env."""
     wrappers: list[ReplayableEpisode] = list(vector_env.envs)
-    action_size = int(np.prod(wrappers[0].action_space.shape, dtype=np.int64))
     calls = [row for wrapper in wrappers for row in wrapper.calls]
     carry = Carry(
         origins=np.array([wrapper.origin for wrapper in wrappers], dtype=np.int64),
         games=np.array([wrapper.game for wrapper in wrappers], dtype=np.int64),
         ended=np.asarray(cursor.ended, dtype=bool),
         lengths=np.array([len(wrapper.calls) for wrapper in wrappers], dtype=np.int64),
-        calls=np.stack(calls) if calls else np.zeros((0, action_size)),
+        calls=np.stack(calls) if calls else np.zeros((0, wrappers[0]._action_size)),
         resets=np.array([flag for wrapper in wrappers for flag in wrapper.resets], dtype=bool),
         observation_digests=np.array([observation_digest_of(wrapper.observation_space, wrapper.last[0]) for wrapper in wrappers], dtype=np.int64),
         episode_return=np.asarray(cursor.episode_return, dtype=np.float64),

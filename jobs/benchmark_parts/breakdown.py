@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jobs.benchmark_parts.carry import carry_rows
 from jobs.benchmark_parts.common import ROOT, Bench, load_average, log, median, per_iteration_steps, row, slim, timed, train_in_process
 
 
@@ -104,9 +105,7 @@ def breakdown(bench: Bench) -> dict[str, Any]:
         rows.append(row(case, "overhead (all but rollout and update)", overhead / total * 100, "%", "<= 10%", overhead / total <= 0.10))
         rows.append(row(case, "Spark-only overhead (broadcast + scheduling + merge)", spark_only / total * 100, "%"))
         if "carry_bytes" in iterations[-1]:  # carried episodes (ddrl.carry; part carry compares with resetting)
-            rows.append(row(case, "bytes one task carries to the next job (median)",
-                            median([r["carry_bytes"] for r in iterations[1:]]) / config.spark.num_tasks / 1e3, "kB"))
-            rows.append(row(case, "restoring a task's envs per job (median)", median([r["restore_s"] for r in iterations[1:]]) * 1e3, "ms"))
+            rows += carry_rows(case, iterations[1:], config.spark.num_tasks)
         log(f"breakdown {case}: result serialization")
         serialization = result_serialization(path, overrides, sizes.repetitions)
         rows += [

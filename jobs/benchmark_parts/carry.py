@@ -38,8 +38,7 @@ def carry(bench: Bench) -> dict[str, Any]:
         rows += [
             row(case, f"iteration, carried / reset every job (median of {iterations - 1})", f"{carried:.3f} / {reset:.3f}", "s"),
             row(case, "  carried / reset", carried / reset, "x"),
-            row(case, "bytes one task carries (median)", median([m["carry_bytes"] / num_tasks for m in metrics]) / 1e3, "kB"),
-            row(case, "restoring a task's envs per job (median of the tasks' mean)", median([m["restore_s"] for m in metrics]) * 1e3, "ms"),
+            *carry_rows(case, metrics, num_tasks),
             row(case, "env steps replayed per job, all tasks (median)", median([m["replayed_steps"] for m in metrics]), "steps"),
             row(case, "tasks whose worker still held their envs (mean)", sum(m["carry_cache_hits"] for m in metrics) / len(metrics) * 100, "%"),
             row(case, "a task on a worker that holds nothing: replaying its envs", cold["seconds"] * 1e3, "ms",
@@ -49,6 +48,14 @@ def carry(bench: Bench) -> dict[str, Any]:
         data[case]["cold_restore"] = cold
         data[case]["load_average"] = load_average()
     return {"rows": rows, "data": data}
+
+
+def carry_rows(case: str, iterations: list[dict[str, Any]], num_tasks: int) -> list[dict[str, Any]]:
+    """The bytes one task carries and the time restoring its envs takes, medians over carried ``iterations``."""
+    return [
+        row(case, "bytes one task carries to the next job (median)", median([r["carry_bytes"] / num_tasks for r in iterations]) / 1e3, "kB"),
+        row(case, "restoring a task's envs per job (median of the tasks' mean)", median([r["restore_s"] for r in iterations]) * 1e3, "ms"),
+    ]
 
 
 def _carry_metrics(iteration: dict[str, Any]) -> dict[str, float]:
