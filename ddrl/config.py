@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ALGORITHMS = {"ppo": "ddrl.algorithms.ppo", "es": "ddrl.algorithms.es"}
 """Algorithm name to the module that implements it (see ``ddrl.algorithms``)."""
@@ -66,7 +66,16 @@ class EnvConfig(StrictModel):
 
 class SparkConfig(StrictModel):
     num_tasks: int = Field(2, ge=1, le=100_000, description="Tasks per iteration (part of the config, not the cluster).")
-    tree_depth: int = Field(2, ge=1, le=16, description="Depth of RDD.treeReduce.")
+    tree_depth: int | Literal["auto"] = Field(
+        "auto", description="Depth of RDD.treeReduce, 1 to 16; auto: the fastest by the merge's cost model (ddrl.engines.tree)."
+    )
+
+    @field_validator("tree_depth", mode="before")
+    @classmethod
+    def _depth_or_auto(cls, value: Any) -> Any:
+        if value == "auto" or (type(value) is int and 1 <= value <= 16):
+            return value
+        raise ValueError(f"must be auto or a depth from 1 to 16 (got {value!r})")
 
 
 class TrainConfig(StrictModel):

@@ -38,13 +38,6 @@ def test_cost_model_part_writes_a_table_and_json(spark, tmp_path, capsys):
     assert not spark.sparkContext._jsc.sc().isStopped()  # the shared session is the caller's: left running
 
 
-def test_tree_plan_follows_pyspark():
-    assert cost_model.tree_plan(2, 3) == [2]
-    assert cost_model.tree_plan(8, 1) == [8]
-    assert cost_model.tree_plan(8, 2) == [8, 2]
-    assert cost_model.tree_plan(1000, 3) == [1000, 100, 10]
-
-
 def test_parse_train_output():
     text = "final evaluation: 500.0 +- 0.0 over 20 episodes (solved)\nenv steps: 36864 in 9 iterations\nwall time: 65.2 s, whole process\n"
     assert common.parse_train_output(text) == {"final_eval": 500.0, "final_eval_std": 0.0, "final_solved": True, "env_steps": 36864, "wall_s": 65.2}

@@ -328,7 +328,7 @@ def test_override_changes_the_value_and_the_last_one_wins():
 def test_override_creates_missing_sections():
     data = _with(spark=DELETE, ppo=DELETE)
     config = config_module.load(data, ["spark.num_tasks=5", "ppo.gamma=0.9"])
-    assert config.spark.num_tasks == 5 and config.spark.tree_depth == 2
+    assert config.spark.num_tasks == 5 and config.spark.tree_depth == "auto"
     assert config.hyperparameters.gamma == 0.9
 
 

@@ -146,7 +146,19 @@ def test_ars_improves_halfcheetah(spark, tmp_path):
     assert result.eval_return_mean > initial.mean() + 100
 
 
-def test_fewer_directions_than_tasks_is_a_config_error_before_spark(tmp_path):
-    config = small_es_config(tmp_path, spark={"num_tasks": 4, "tree_depth": 2}, es={"num_directions": 3})
+def test_fewer_directions_than_tasks_is_a_config_error_before_spark_without_task_scaling(tmp_path):
+    config = small_es_config(tmp_path, spark={"num_tasks": 4, "tree_depth": 2}, es={"num_directions": 3, "task_scaling": "none"})
     with pytest.raises(ddrl.ConfigError, match=r"^es\.num_directions: 3 directions cannot keep spark\.num_tasks=4"):
         config_module.load(config)
+
+
+@pytest.mark.parametrize(
+    "num_tasks, expected",
+    [(2, (32, 4)), (32, (32, 4)), (64, (64, 8)), (100, (100, 13))],  # up to 32 tasks split the 32; then one each
+)
+def test_task_scaling_gives_each_task_past_num_directions_a_direction_of_its_own(tmp_path, num_tasks, expected):
+    ars = {"variant": "ars", "num_directions": 32, "top_directions": 4}
+    config = config_module.load(small_es_config(tmp_path, spark={"num_tasks": num_tasks}, es=ars))
+    assert es.directions(config) == expected
+    unscaled = config_module.load(small_es_config(tmp_path, spark={"num_tasks": 2}, es={**ars, "task_scaling": "none"}))
+    assert es.directions(unscaled) == (32, 4)

@@ -14,7 +14,6 @@ import ddrl
 from ddrl import checkpoint, envs
 from ddrl.algorithms import ppo
 from ddrl import config as config_module
-from ddrl.engines import driver_fan_in
 from ddrl.merge import Partial
 
 
@@ -142,11 +141,6 @@ def test_ppo_counts_the_bytes_its_tasks_return(tmp_path, hidden_sizes, env_id, a
     sent = Partial.of_task(0, output)
     arrays = [*sent.sums.values(), *sent.fixed_sums.values()]
     assert sum(array.nbytes for array in arrays) == algorithm.task_result_bytes()
-
-
-@pytest.mark.parametrize("num_tasks, depth, fan_in", [(2, 1, 2), (2, 3, 2), (8, 1, 8), (8, 2, 2), (8, 3, 4), (100, 2, 10), (1000, 3, 10)])
-def test_driver_fan_in_follows_pysparks_tree_plan(num_tasks, depth, fan_in):
-    assert driver_fan_in(num_tasks, depth) == fan_in
 
 
 def test_shipping_the_package_leaves_no_directory_in_the_temp_folder(spark, tmp_path):

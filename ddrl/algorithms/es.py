@@ -70,12 +70,32 @@ class Hyperparameters(StrictModel):
     hidden_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list, description="[] is a linear policy.")
     activation: Literal["tanh", "relu"] = "tanh"
     normalize_observation: bool = Field(True, description="Policies act on observations standardized by the running moments.")
+    task_scaling: Literal["directions", "none"] = Field(
+        "directions", description="With more tasks than num_directions, give every task a direction of its own "
+        "(top_directions grows in proportion), so more tasks mean a better gradient estimate; none keeps num_directions "
+        "and refuses more tasks than directions."
+    )
 
     @model_validator(mode="after")
     def _top_directions_fit(self) -> "Hyperparameters":
         if self.top_directions is not None and self.top_directions > self.num_directions:
             raise ValueError(f"top_directions ({self.top_directions}) must be at most num_directions ({self.num_directions})")
         return self
+
+
+def directions(config: Config) -> tuple[int, int | None]:
+    """(N, b): the directions each iteration perturbs and ARS keeps, after ``task_scaling``.
+
+    Up to num_directions tasks split the directions (strong scaling: the same estimate, sooner).  Past that, each
+    task takes one direction of its own, as OpenAI-ES and ARS grow their populations with their workers at the same
+    step size: the estimate's variance falls as 1 / N, and ARS keeps the same share b / N of the best.
+    """
+    hp = config.hyperparameters
+    if hp.task_scaling == "none" or config.spark.num_tasks <= hp.num_directions:
+        return hp.num_directions, hp.top_directions
+    num_directions = config.spark.num_tasks
+    top = None if hp.top_directions is None else math.ceil(hp.top_directions * num_directions / hp.num_directions)
+    return num_directions, top
 
 
 # ---- seeds and noise ---------------------------------------------------------------------------------------
@@ -168,6 +188,7 @@ class EvolutionStrategy(abc.ABC):
         self.config = config
         self.env = env
         self.hp: Hyperparameters = config.hyperparameters
+        self.num_directions, self.top_directions = directions(config)
         self.shapes = layer_shapes(env, self.hp.hidden_sizes)
         self.num_params = sum(size_out * size_in + size_out for size_out, size_in in self.shapes)
 
@@ -196,7 +217,7 @@ class EvolutionStrategy(abc.ABC):
         obs = _moments_from_state(state)
         return {
             "params": state["params"],
-            "perturbation_seeds": perturbation_seeds(self.config.seed, iteration, self.hp.num_directions),
+            "perturbation_seeds": perturbation_seeds(self.config.seed, iteration, self.num_directions),
             "obs_mean": obs.mean,
             "obs_variance": obs.variance,
             "episode_step_cap": self._episode_step_cap(state),
@@ -399,7 +420,7 @@ class ARS(EvolutionStrategy):
         self, theta: np.ndarray, state: State, seeds: np.ndarray, returns_pos: np.ndarray, returns_neg: np.ndarray
     ) -> tuple[np.ndarray, State, dict[str, float]]:
         hp = self.hp
-        b = min(hp.top_directions or len(seeds), len(seeds))
+        b = min(self.top_directions or len(seeds), len(seeds))
         top = np.argsort(-np.maximum(returns_pos, returns_neg), kind="stable")[:b]
         sigma_r = float(np.concatenate([returns_pos[top], returns_neg[top]]).std())
         if sigma_r == 0.0:  # every kept rollout scored the same: no direction to follow
@@ -422,10 +443,11 @@ def _moments_from_state(state: State) -> Moments:
 
 def check(config: Config) -> None:
     """Checks that span config sections, run when the config is loaded (before Spark starts)."""
-    if config.hyperparameters.num_directions < config.spark.num_tasks:
+    if directions(config)[0] < config.spark.num_tasks:
         raise ConfigError(
             f"es.num_directions: {config.hyperparameters.num_directions} directions cannot keep "
-            f"spark.num_tasks={config.spark.num_tasks} tasks busy; use at least as many directions as tasks"
+            f"spark.num_tasks={config.spark.num_tasks} tasks busy; use at least as many directions as tasks, or "
+            "es.task_scaling: directions"
         )
 
 

@@ -29,7 +29,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ddrl import carry, envs as envs_module
+from ddrl import carry, envs as envs_module, noise_scale
 from ddrl.carry import EnvCursor
 from ddrl.checkpoint import State
 from ddrl.config import Config, ConfigError, StrictModel
@@ -86,6 +86,11 @@ class Hyperparameters(StrictModel):
     )
     outer_lr: float = Field(1.0, gt=0, le=10, description="Outer step on the mean parameter change (1: plain averaging).")
     outer_momentum: float = Field(0.0, ge=0, lt=1, description="Nesterov momentum of the outer step (0: none).")
+    task_scaling: Literal["noise_scale", "step_norm", "none"] = Field(
+        "noise_scale", description="How far the mean of the tasks' changes moves theta, so that more tasks take fewer "
+        "iterations: by the gradient noise scale (ddrl.noise_scale), as far as one task's change, or as far as the "
+        "mean itself (plain averaging)."
+    )
 
 
 class ActorCritic(nn.Module):
@@ -385,7 +390,7 @@ class PPO:
             state["adam_m"], state["adam_v"] = np.zeros_like(params), np.zeros_like(params)
         if self.hp.outer_momentum > 0:
             state["outer_momentum_buffer"] = np.zeros_like(params)
-        return state
+        return {**state, **noise_scale.initial_state()}
 
     def task_payload(self, state: State, iteration: int) -> dict[str, Any]:
         """theta, a learning rate per local round (annealed linearly over all rounds of the run), the
@@ -408,14 +413,18 @@ class PPO:
     def apply(self, state: State, result: MergedResult, iteration: int) -> tuple[State, dict[str, float]]:
         """The outer step on the mean change, the normalizers and Adam's kept moments folded in task order."""
         hp, tasks = self.hp, result.tasks
+        samples = np.array([task["samples"] for task in tasks], dtype=np.float64)
+        change_sq_norms = np.array([task["change_sq_norm"] for task in tasks])
         mean_change = result.means["params_change"]
-        new_state = dict(state)
+        new_state, b_noise = noise_scale.update(state, change_sq_norms, samples, mean_change)
+        scale = self._step_scale(b_noise, samples, change_sq_norms, mean_change)
+        scaled_change = scale * mean_change
         if hp.outer_momentum > 0:
-            buffer = hp.outer_momentum * state["outer_momentum_buffer"] + mean_change
-            step = hp.outer_lr * (mean_change + hp.outer_momentum * buffer)
+            buffer = hp.outer_momentum * state["outer_momentum_buffer"] + scaled_change
+            step = hp.outer_lr * (scaled_change + hp.outer_momentum * buffer)
             new_state["outer_momentum_buffer"] = buffer.astype(np.float32)
         else:
-            step = hp.outer_lr * mean_change
+            step = hp.outer_lr * scaled_change
         new_state["params"] = (state["params"] + step).astype(np.float32)
 
         obs, returns = _moments_from_state("obs", state), _moments_from_state("return", state)
@@ -423,7 +432,6 @@ class PPO:
             obs = obs.combine(Moments(task["obs_count"], task["obs_mean"], task["obs_m2"]))
             returns = returns.combine(Moments(task["return_count"], task["return_mean"], task["return_m2"]))
         new_state.update(_moments_state("obs", obs), **_moments_state("return", returns))
-        samples = np.array([task["samples"] for task in tasks], dtype=np.float64)
         if "adam_step" in state:
             new_state["adam_step"] = np.array(float(state["adam_step"]) + np.mean([task["updates"] for task in tasks]))
         if hp.adam_moments == "fedadamw":
@@ -434,16 +442,31 @@ class PPO:
 
         # Averaging can settle below the optimum when tasks disagree: track how far apart they drift (the RMS
         # distance of the tasks' parameters from their mean).
-        mean_sq_change = float(np.dot(samples, [task["change_sq_norm"] for task in tasks]) / samples.sum())
+        mean_sq_change = float(np.dot(samples, change_sq_norms) / samples.sum())
         metrics = {
             name: float(np.mean([task[name] for task in tasks]))
             for name in (*LOSSES, "explained_variance", "learning_rate", "rollout_s", "update_s")
         }
         metrics["drift"] = math.sqrt(max(mean_sq_change - float(np.dot(mean_change, mean_change)), 0.0))
         metrics["update_norm"] = float(np.linalg.norm(new_state["params"] - state["params"]))
+        metrics["noise_scale"] = b_noise
+        metrics["useful_tasks"] = b_noise / self.samples_per_task
+        metrics["step_scale"] = scale
         if hp.carry_episodes:
             new_state = self._carry_over(new_state, tasks, metrics)
         return new_state, metrics
+
+    def _step_scale(self, b_noise: float, samples: np.ndarray, change_sq_norms: np.ndarray, mean_change: np.ndarray) -> float:
+        """The factor on the mean change that ``task_scaling`` asks for."""
+        num_tasks = len(samples)
+        if self.hp.task_scaling == "noise_scale":
+            return noise_scale.step_scale(b_noise, float(np.mean(samples)), num_tasks)
+        mean_sq_norm = float(np.dot(mean_change, mean_change))
+        if self.hp.task_scaling == "step_norm" and mean_sq_norm > 0:
+            # As long as one task's step on average; the mean of N independent noisy changes is sqrt(N) shorter.
+            one_task_sq_norm = float(np.dot(samples, change_sq_norms) / samples.sum())
+            return min(math.sqrt(one_task_sq_norm / mean_sq_norm), math.sqrt(num_tasks))
+        return 1.0
 
     def _carry_over(self, state: State, tasks: list[dict[str, Any]], metrics: dict[str, float]) -> State:
         """The state holding the carries the tasks returned (a rejected task's envs start anew), and what carrying

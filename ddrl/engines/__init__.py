@@ -22,6 +22,7 @@ from typing import Any, Mapping, Protocol, Sequence
 
 from ddrl.algorithms import Algorithm
 from ddrl.config import Config, ConfigError
+from ddrl.engines import tree
 from ddrl.engines.work import Work
 from ddrl.merge import Partial
 
@@ -81,23 +82,31 @@ def job_elements(jobs: Sequence[Job]) -> list[tuple[int, tuple[int, int]]]:
     return [(index, task) for index, job in enumerate(jobs) for task in job.tasks]
 
 
-def tree_depth(runs: Sequence[Config]) -> int:
-    """The depth of a shared job's merge tree: the deepest any of its runs asks for (depth never changes results)."""
-    return max(config.spark.tree_depth for config in runs)
+def tree_depth(runs: Sequence[tuple[Config, Algorithm]], driver_limit_bytes: float) -> int:
+    """The depth of a shared job's merge tree: the deepest any of its runs asks for, ``auto`` resolved by the cost
+    model for the job's task count and largest result (depth never changes results)."""
+    depths = [config.spark.tree_depth for config, _ in runs]
+    if "auto" in depths:
+        num_tasks = sum(config.spark.num_tasks for config, _ in runs)
+        result_bytes = max(algorithm.task_result_bytes() for _, algorithm in runs)
+        carried_bytes = sum(algorithm.task_carry_bytes() * config.spark.num_tasks for config, algorithm in runs)
+        depth = tree.auto_depth(num_tasks, result_bytes, driver_limit_bytes - carried_bytes)
+        depths = [depth if asked == "auto" else asked for asked in depths]
+    return max(depths)
 
 
 def check_result_size(runs: Sequence[tuple[Config, Algorithm]], limits: Mapping[str, float], fix: str) -> None:
     """Refuse, before the first job, models whose task results the driver cannot collect under the smallest of
     ``limits`` (name to bytes): Spark would abort the job or, short of heap, hang without an error.  Each of the
     tree's last partial results holds one merged result per run it covers."""
+    name, limit = min(limits.items(), key=lambda item: item[1])
     total_tasks = sum(config.spark.num_tasks for config, _ in runs)
-    fan_in = driver_fan_in(total_tasks, tree_depth([config for config, _ in runs]))
+    fan_in = tree.driver_fan_in(total_tasks, tree_depth(runs, limit))
     per_task = max(algorithm.task_result_bytes() for _, algorithm in runs)  # the largest, where runs differ
     collected = sum(
         algorithm.task_result_bytes() * min(config.spark.num_tasks, fan_in) + algorithm.task_carry_bytes() * config.spark.num_tasks
         for config, algorithm in runs
     )
-    name, limit = min(limits.items(), key=lambda item: item[1])
     if collected > limit:
         runs_text = f" for {len(runs)} runs in one job" if len(runs) > 1 else ""
         raise ConfigError(
@@ -105,16 +114,6 @@ def check_result_size(runs: Sequence[tuple[Config, Algorithm]], limits: Mapping[
             f"{collected / 2**20:.0f} MiB per iteration{runs_text}, over {name} ({limit / 2**20:.0f} MiB): use a smaller "
             f"model, {fix}"
         )
-
-
-def driver_fan_in(num_tasks: int, depth: int) -> int:
-    """How many partial results reach the driver: PySpark's treeAggregate plan for ``RDD.treeReduce(depth)``,
-    which the Connect engine's grouped merge follows too."""
-    partitions: float = num_tasks
-    scale = max(int(math.ceil(num_tasks ** (1.0 / depth))), 2)
-    while partitions > scale + partitions / scale:
-        partitions /= scale
-    return int(partitions)
 
 
 _BYTE_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30, "t": 2**40, "tb": 2**40, "p": 2**50, "pb": 2**50}

@@ -32,6 +32,7 @@ class ClassicEngine:
                 f"spark: {type(spark).__module__}.{type(spark).__name__} is neither a classic SparkSession (it has no "
                 "SparkContext) nor a Spark Connect session: pass the session pyspark or Databricks Connect gave you"
             ) from error
+        self.driver_limit_bytes = math.inf
 
     def prepare(self, runs: Sequence[tuple[Config, Algorithm]]) -> None:
         self._ship_package()
@@ -43,6 +44,7 @@ class ClassicEngine:
             f"{DRIVER_HEAP_SHARE:.0%} of the driver's heap": heap * DRIVER_HEAP_SHARE,
         }
         check_result_size(runs, limits, "a deeper spark.tree_depth, or more spark.driver.memory")
+        self.driver_limit_bytes = min(limits.values())
 
     def _ship_package(self) -> None:
         """``addPyFile`` the ddrl package unless executors can import it.  The zip lives in Spark's own session
@@ -66,7 +68,7 @@ class ClassicEngine:
             merged = (
                 self.spark_context.parallelize(elements, len(elements))
                 .map(lambda element: {element[0]: works[element[0]].run(broadcast.value[element[0]], element[1])})
-                .treeReduce(merge_by_job, depth=tree_depth([work.config for work in works]))
+                .treeReduce(merge_by_job, depth=tree_depth([(work.config, work.algorithm) for work in works], self.driver_limit_bytes))
             )
         finally:
             broadcast.destroy()  # the job is over: free the driver's temp file and the executors' copies

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from ddrl.algorithms import Algorithm
 from ddrl.config import Config, ConfigError
-from ddrl.engines import DRIVER_HEAP_SHARE, Job, check_result_size, driver_fan_in, job_elements, package_archive, size_in_bytes, tree_depth
+from ddrl.engines import DRIVER_HEAP_SHARE, Job, check_result_size, job_elements, package_archive, size_in_bytes, tree, tree_depth
 from ddrl.engines.work import Work
 from ddrl.merge import Partial, decode_partial, encode_partial, merge_by_job
 
@@ -44,6 +44,7 @@ class ConnectEngine:
 
     def __init__(self, spark: Any) -> None:
         self.spark = spark
+        self.driver_limit_bytes = math.inf
 
     def prepare(self, runs: Sequence[tuple[Config, Algorithm]]) -> None:
         self._ship_package()
@@ -64,6 +65,7 @@ class ConnectEngine:
         if driver_memory:
             limits[f"{DRIVER_HEAP_SHARE:.0%} of spark.driver.memory"] = size_in_bytes(driver_memory) * DRIVER_HEAP_SHARE
         check_result_size(runs, limits, "or a deeper spark.tree_depth")
+        self.driver_limit_bytes = min(limits.values())
 
     def _conf(self, key: str) -> str | None:
         try:
@@ -85,7 +87,7 @@ class ConnectEngine:
     def run(self, jobs: Sequence[Job]) -> tuple[list[Partial], float]:
         timer = time.perf_counter()
         elements = job_elements(jobs)
-        groups = driver_fan_in(len(elements), tree_depth([job.work.config for job in jobs]))
+        groups = tree.driver_fan_in(len(elements), tree_depth([(job.work.config, job.work.algorithm) for job in jobs], self.driver_limit_bytes))
         runner = _task_runner([job.work for job in jobs], [dict(job.shipped) for job in jobs], elements, groups)
         results = self.spark.range(0, len(elements), 1, numPartitions=len(elements)).mapInArrow(runner, _RESULT_DDL)
         if groups < len(elements):

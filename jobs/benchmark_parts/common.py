@@ -385,8 +385,10 @@ def iteration_steps(config: Any) -> int:
     if config.algo == "ppo":
         hp = config.hyperparameters
         return config.env.num_envs * hp.num_steps * hp.local_rounds * config.spark.num_tasks
+    from ddrl.algorithms import es
+
     limit = config.env.max_episode_steps or _episode_limit(config.env.id)
-    return 2 * config.hyperparameters.num_directions * config.hyperparameters.episodes_per_perturbation * limit
+    return 2 * es.directions(config)[0] * config.hyperparameters.episodes_per_perturbation * limit
 
 
 def _episode_limit(env_id: str) -> int:

@@ -10,6 +10,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ddrl.engines.tree import levels
 from jobs.benchmark_parts.common import Bench, log, median, row, timed
 
 
@@ -18,16 +19,6 @@ def _cost_format() -> Any:
     from ddrl.merge import FixedPoint
 
     return FixedPoint.for_sums(8, 2048 * 1024.0)
-
-
-def tree_plan(partitions: int, depth: int) -> list[int]:
-    """Partitions at each level of PySpark's treeAggregate, ending with what the driver folds."""
-    scale = max(int(math.ceil(partitions ** (1.0 / depth))), 2)
-    levels, current = [partitions], float(partitions)
-    while current > scale + current / scale:
-        current /= scale
-        levels.append(int(current))
-    return levels
 
 
 def _make_partial(index: int, size: int) -> Any:
@@ -121,7 +112,7 @@ def cost_model(bench: Bench) -> dict[str, Any]:
         for partitions in sizes.cost_partitions:
             measured_plans: dict[tuple[int, ...], dict[str, Any]] = {}
             for depth in sizes.cost_depths:
-                plan = tree_plan(partitions, depth)
+                plan = levels(partitions, depth)
                 key = f"{partitions}x{depth}"
                 if tuple(plan) in measured_plans:
                     entry["tree_reduce"][key] = {"plan": plan, "same_as": measured_plans[tuple(plan)]["key"]}
@@ -155,7 +146,7 @@ def cost_model(bench: Bench) -> dict[str, Any]:
                 measured["communication_s"] = measured["job_s"] - data["baseline"].get(partitions, 0.0) - _waves(partitions, context.defaultParallelism) * measured["max_make_s"]
                 entry["tree_reduce"][key] = measured
                 measured_plans[tuple(plan)] = measured
-                same = [d for d in sizes.cost_depths if d != depth and tuple(tree_plan(partitions, d)) == tuple(plan)]
+                same = [d for d in sizes.cost_depths if d != depth and tuple(levels(partitions, d)) == tuple(plan)]
                 depth_label = f"depth {depth}" + (f" (= depth {', '.join(map(str, same))})" if same else "")
                 rows.append(row(case, f"treeReduce {partitions} partitions {depth_label}, levels {plan}: job (make {measured['max_make_s'] * 1e3:.0f} ms/task)",
                                 measured["job_s"] * 1e3, "ms"))
@@ -286,7 +277,7 @@ def iteration_model(executors: int, params: float, task_s: float, depth: int, co
                  + broadcast_bytes / constants["network_bytes_per_s_assumed"] * math.ceil(math.log2(executors + 1)))
     scheduling = constants["job_floor_s"] + constants["python_task_s"] + constants["driver_per_task_s"] * executors
     task_side = params * per["encode_s"]
-    levels = tree_plan(executors, depth)
+    levels = levels(executors, depth)
     reduce_levels = 0.0
     for upper, lower in zip(levels, levels[1:]):
         fan_in = math.ceil(upper / lower)
