@@ -123,7 +123,7 @@ def plot_runs(
     run_dirs: Sequence[str | Path], out: str | Path, labels: Sequence[str] | None = None, title: str | None = None, dpi: int = 100
 ) -> Path:
     """Write the learning curve of one or more runs to ``out`` (PNG); returns the path."""
-    return _save(learning_curve(run_dirs, labels, title), Path(out), dpi)
+    return save_figure(learning_curve(run_dirs, labels, title), Path(out), dpi)
 
 
 def sweep_curves(table: pa.Table, best: str, title: str | None = None) -> Any:
@@ -154,10 +154,11 @@ def sweep_curves(table: pa.Table, best: str, title: str | None = None) -> Any:
 
 def plot_sweep(table: pa.Table, best: str, out: str | Path, title: str | None = None, dpi: int = 100) -> Path:
     """Write ``sweep_curves`` to ``out`` (PNG); returns the path."""
-    return _save(sweep_curves(table, best, title), Path(out), dpi)
+    return save_figure(sweep_curves(table, best, title), Path(out), dpi)
 
 
-def _save(figure: Any, out: Path, dpi: int) -> Path:
+def save_figure(figure: Any, out: Path, dpi: int) -> Path:
+    """Write ``figure`` to ``out`` atomically (the format from its suffix); returns the path."""
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = out.with_name(f".{out.name}.tmp")
     try:

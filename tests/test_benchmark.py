@@ -10,7 +10,7 @@ from conftest import ROOT
 
 from ddrl import config as config_module
 from jobs import benchmark
-from jobs.benchmark_parts import common, cost_model, simulated_cluster, time_to_target
+from jobs.benchmark_parts import common, cost_model, scaling_law, simulated_cluster, time_to_target
 
 
 def test_cost_model_part_writes_a_table_and_json(spark, tmp_path, capsys):
@@ -89,3 +89,37 @@ def test_carry_part_compares_carried_and_reset_runs(spark, tmp_path):
     assert len(data["carried"]["iterations"]) == len(data["reset every job"]["iterations"]) == 2
     assert all(metrics["carry_bytes"] > 0 for metrics in data["carried"]["metrics"])
     assert data["cold_restore"]["replayed_steps"] > 0 and data["cold_restore"]["replay_failures"] == 0
+
+
+def test_scaling_law_part_projects_speed_ups_and_plots(spark, tmp_path):
+    sizes = common.Sizes.quick()
+    bench = common.Bench(sizes, tmp_path / "work", tmp_path / "benchmark.json", quick=True, spark=spark)
+    # The overhead by task count comes from the simulated-cluster part of the same benchmark run.
+    bench.results["parts"]["simulated_cluster"] = {"data": {"ppo": {1: {"iteration_s": 1.0, "task_work_s": 0.9},
+                                                                    4: {"iteration_s": 1.3, "task_work_s": 0.9}}}}
+    results = benchmark.run_parts(bench, ["scaling_law"])
+
+    assert results["meta"]["failures"] == {}
+    data = results["parts"]["scaling_law"]["data"]
+    runs = data["cases"]["CartPole PPO, averaging"]
+    assert set(runs) == {1, 2} and all(run["iterations"] for seeded in runs.values() for run in seeded)
+    assert (tmp_path / "work" / "scaling_law.png").stat().st_size > 0
+    metrics = [row["metric"] for row in results["parts"]["scaling_law"]["rows"]]
+    assert "projected speed-up S(2) against 1 task" in metrics
+
+
+def test_scaling_law_overhead_is_interpolated_and_extrapolated():
+    overhead = {1: 0.1, 4: 0.4, 16: 1.0}
+    assert scaling_law.overhead_at(overhead, 2) == pytest.approx(0.2)
+    assert scaling_law.overhead_at(overhead, 16) == pytest.approx(1.0)
+    assert scaling_law.overhead_at(overhead, 64) == pytest.approx(1.0 + 0.05 * 48)
+
+
+def test_scaling_law_speed_up_is_the_median_of_each_seeds_ratio():
+    def run(seed, seconds):
+        return {"seed": seed, "projected_s": seconds}
+
+    runs = {1: [run(1, 10.0), run(2, 20.0), run(3, 30.0)], 4: [run(1, 5.0), run(2, 4.0), run(3, 30.0)]}
+    assert scaling_law.speed_ups(runs) == {1: 1.0, 4: 2.0}
+    runs[4][0]["projected_s"] = None  # a seed that missed the target: no speed-up to claim
+    assert scaling_law.speed_ups(runs)[4] != scaling_law.speed_ups(runs)[4]

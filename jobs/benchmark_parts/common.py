@@ -25,6 +25,8 @@ import numpy as np
 STARTED_AT = float(os.environ.get("DDRL_STARTED_AT", time.time()))
 ROOT = Path(__file__).resolve().parents[2]
 CARTPOLE_TARGET = 475.0
+PPO_TASK_SCALING = {rule: [f"ppo.task_scaling={rule}"] for rule in ("none", "noise_scale", "step_norm")}
+"""The scaling_law part's PPO variants: each rule of ppo.task_scaling."""
 
 
 # ---- sizes ---------------------------------------------------------------------------------------------------
@@ -107,6 +109,12 @@ class Sizes:
     sweep_budget: int | None = None  # None: the config's budget
     carry_iterations: dict[str, int] = dataclasses.field(  # the first of each is not measured
         default_factory=lambda: {"CartPole PPO": 21, "HalfCheetah PPO": 9, "Breakout PPO": 5})
+    # case: (config, target, max iterations, task counts, seeds, variant name to overrides)
+    scaling_law_cases: dict[str, tuple[str, float, int, tuple[int, ...], tuple[int, ...], dict[str, list[str]]]] = dataclasses.field(
+        default_factory=lambda: {
+            "CartPole PPO": ("conf/cartpole_ppo.yaml", 475.0, 60, (1, 2, 4, 8, 16, 32), (1, 2, 3), PPO_TASK_SCALING),
+            "Pendulum PPO": ("conf/pendulum_ppo.yaml", -200.0, 60, (1, 4, 16), (1,), PPO_TASK_SCALING),
+        })
 
     @staticmethod
     def quick() -> "Sizes":
@@ -151,6 +159,7 @@ class Sizes:
             sweep_halving_min_steps=4096,
             sweep_budget=8192,
             carry_iterations={"CartPole PPO": 2, "HalfCheetah PPO": 2, "Breakout PPO": 2},
+            scaling_law_cases={"CartPole PPO": ("conf/cartpole_ppo.yaml", 50.0, 3, (1, 2), (1,), {"averaging": ["ppo.task_scaling=none"]})},
         )
 
 

@@ -44,6 +44,7 @@ def simulated_cluster(bench: Bench) -> dict[str, Any]:
             runs[tasks] = {
                 "iteration_s": median([r["iteration_s"] for r in measured]),
                 "tasks_s": median([r["tasks_s"] for r in measured]),
+                "task_work_s": median([r.get("rollout_s", 0.0) + r.get("update_s", 0.0) for r in measured]),
                 "iterations_measured": len(measured),
                 "log": result["log"],
                 "load_average": load_average(),
