@@ -69,9 +69,10 @@ def noise_scale(state: State) -> float:
 
 def step_scale(b_noise: float, samples_per_task: float, num_tasks: int) -> float:
     """How much further than one task's step the mean of N tasks' changes may go, by the paper's optimal learning
-    rate eps(B) = eps_max / (1 + B_noise / B): eps(N b) / eps(b), between 1 (no noise: the tasks agree) and N (all
-    noise).  1 before there is an estimate."""
+    rate eps(B) = eps_max / (1 + B_noise / B): eps(N b) / eps(b), from 1 (no noise: the tasks agree) towards N
+    (mostly noise).  1 without a usable estimate: none yet, or a smoothed |G|^2 that is not positive, where there
+    is no direction worth a longer step."""
     if not math.isfinite(b_noise):
-        return float(num_tasks) if b_noise == math.inf else 1.0
+        return 1.0
     per_task = b_noise / samples_per_task
     return (1.0 + per_task) / (1.0 + per_task / num_tasks)

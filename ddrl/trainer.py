@@ -61,6 +61,10 @@ class TrainResult:
     """The best evaluation mean of the run (in training or final), with ``train.keep_best``."""
     best_policy_dir: Path | None = None
     """Where the best-evaluated policy is saved (``ddrl.load_policy`` reads it), with ``train.keep_best``."""
+    useful_tasks: float = math.nan
+    """How many tasks' batches make up the gradient noise scale (``ddrl.noise_scale``), the median of the last
+    ten iterations: past it, more tasks add samples per iteration but barely cut the iterations to a target.
+    NaN where the algorithm does not estimate it, or from one task."""
 
 
 def train(
@@ -219,10 +223,11 @@ class RunLoop:
         seeds = evaluation_seeds(config.seed, progress.iteration, config.train.final_eval_episodes, Stream.FINAL_EVALUATION)
         returns, _ = envs.evaluate(policy.act_independently, config.env, len(seeds), seeds)
         best = self._keep_if_best(progress.best_eval_return, float(returns.mean()), lambda: policy, progress, final=True)
+        result_metrics = run.read_metrics()
         result = TrainResult(
             policy=policy,
             run_dir=run.directory,
-            metrics=run.read_metrics(),
+            metrics=result_metrics,
             iterations=progress.iteration,
             env_steps=progress.env_steps,
             eval_return_mean=float(returns.mean()),
@@ -231,6 +236,7 @@ class RunLoop:
             wall_seconds=time.perf_counter() - self.started,
             best_eval_return=best if config.train.keep_best else None,
             best_policy_dir=run.best_directory if config.train.keep_best else None,
+            useful_tasks=_recent_median(result_metrics, "useful_tasks"),
         )
         for observer in self.observers:
             observer.on_end(result)
@@ -289,8 +295,9 @@ class RunLoop:
 
     def _log_progress(self, iteration: int, env_steps: int, metrics: dict[str, Any], steps_per_second: float) -> None:
         remaining = max(self.config.train.total_env_steps - env_steps, 0)
+        useful = metrics.get("useful_tasks", math.nan)
         log.info(
-            "%siter %4d | steps %9d | return %8s | eval %8s | %7.0f steps/s | %5.2fs | ETA to budget %s",
+            "%siter %4d | steps %9d | return %8s | eval %8s | %7.0f steps/s | %5.2fs | ETA to budget %s%s",
             f"{self.label} " if self.label else "",
             iteration,
             env_steps,
@@ -299,12 +306,21 @@ class RunLoop:
             metrics["steps_per_s"],
             metrics["iteration_s"],
             _duration(remaining / steps_per_second if steps_per_second > 0 else math.inf),
+            f" | useful tasks {useful:.1f}" if math.isfinite(useful) else "",
         )
 
 
 def _summary(name: str, values: np.ndarray, statistics: tuple[str, ...]) -> dict[str, float]:
     """``name_mean`` and the like of ``values``; NaN where there are none (no episode finished, no evaluation)."""
     return {f"{name}_{statistic}": float(getattr(np, statistic)(values)) if len(values) else math.nan for statistic in statistics}
+
+
+def _recent_median(metrics: pa.Table, name: str, iterations: int = 10) -> float:
+    if name not in metrics.column_names:
+        return math.nan
+    values = np.array(metrics.column(name).to_pylist()[-iterations:], dtype=float)
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if len(values) else math.nan
 
 
 def _number(value: float) -> str:

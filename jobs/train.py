@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -59,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"final evaluation: {result.eval_return_mean:.1f} +- {result.eval_return_std:.1f} over "
           f"{run.config.train.final_eval_episodes} episodes ({verdict})")
     print(f"env steps: {result.env_steps} in {result.iterations} iterations")
+    if math.isfinite(result.useful_tasks):
+        print(f"useful tasks: ~{result.useful_tasks:.1f} (the gradient noise scale over one task's batch, last 10 iterations; "
+              f"this run had {run.config.spark.num_tasks}): more tasks than that add samples per iteration but barely cut "
+              "the iterations to the target (README, Choosing the number of tasks)")
     print(f"wall time: {time.time() - STARTED_AT:.1f} s, whole process")
     print(f"run directory: {result.run_dir}")
     return 0

@@ -10,7 +10,7 @@ from conftest import ROOT
 
 from ddrl import config as config_module
 from jobs import benchmark
-from jobs.benchmark_parts import common, cost_model, scaling_law, simulated_cluster, time_to_target
+from jobs.benchmark_parts import common, scaling_law, simulated_cluster, time_to_target
 
 
 def test_cost_model_part_writes_a_table_and_json(spark, tmp_path, capsys):

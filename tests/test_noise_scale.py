@@ -47,8 +47,9 @@ def test_one_task_gives_no_estimate_and_no_extra_step() -> None:
     assert noise_scale.step_scale(estimated, 64.0, 1) == 1.0
 
 
-def test_the_step_scale_runs_from_one_without_noise_to_the_task_count_with_only_noise() -> None:
+def test_the_step_scale_runs_from_one_without_noise_towards_the_task_count_with_mostly_noise() -> None:
     assert noise_scale.step_scale(0.0, 256.0, 16) == 1.0
-    assert noise_scale.step_scale(math.inf, 256.0, 16) == 16.0
+    assert noise_scale.step_scale(1e9, 256.0, 16) == pytest.approx(16.0, rel=1e-4)
+    assert noise_scale.step_scale(math.inf, 256.0, 16) == 1.0  # no positive |G|^2: no direction to go further in
     # B_noise of 4 tasks' samples: 16 tasks' mean can go (1 + 4) / (1 + 1/4) = 4 times one task's step.
     assert noise_scale.step_scale(4 * 256.0, 256.0, 16) == pytest.approx(4.0)

@@ -86,10 +86,10 @@ class Hyperparameters(StrictModel):
     )
     outer_lr: float = Field(1.0, gt=0, le=10, description="Outer step on the mean parameter change (1: plain averaging).")
     outer_momentum: float = Field(0.0, ge=0, lt=1, description="Nesterov momentum of the outer step (0: none).")
-    task_scaling: Literal["noise_scale", "step_norm", "none"] = Field(
-        "noise_scale", description="How far the mean of the tasks' changes moves theta, so that more tasks take fewer "
-        "iterations: by the gradient noise scale (ddrl.noise_scale), as far as one task's change, or as far as the "
-        "mean itself (plain averaging)."
+    task_scaling: Literal["noise_scale", "none"] = Field(
+        "noise_scale", description="How far the mean of the tasks' changes moves theta: further than one task's step "
+        "as far as the gradient noise scale says the larger batch allows (ddrl.noise_scale), or the mean itself (plain "
+        "averaging, ddrl before 2026-12-06)."
     )
 
 
@@ -417,7 +417,7 @@ class PPO:
         change_sq_norms = np.array([task["change_sq_norm"] for task in tasks])
         mean_change = result.means["params_change"]
         new_state, b_noise = noise_scale.update(state, change_sq_norms, samples, mean_change)
-        scale = self._step_scale(b_noise, samples, change_sq_norms, mean_change)
+        scale = noise_scale.step_scale(b_noise, float(np.mean(samples)), len(tasks)) if hp.task_scaling == "noise_scale" else 1.0
         scaled_change = scale * mean_change
         if hp.outer_momentum > 0:
             buffer = hp.outer_momentum * state["outer_momentum_buffer"] + scaled_change
@@ -455,18 +455,6 @@ class PPO:
         if hp.carry_episodes:
             new_state = self._carry_over(new_state, tasks, metrics)
         return new_state, metrics
-
-    def _step_scale(self, b_noise: float, samples: np.ndarray, change_sq_norms: np.ndarray, mean_change: np.ndarray) -> float:
-        """The factor on the mean change that ``task_scaling`` asks for."""
-        num_tasks = len(samples)
-        if self.hp.task_scaling == "noise_scale":
-            return noise_scale.step_scale(b_noise, float(np.mean(samples)), num_tasks)
-        mean_sq_norm = float(np.dot(mean_change, mean_change))
-        if self.hp.task_scaling == "step_norm" and mean_sq_norm > 0:
-            # As long as one task's step on average; the mean of N independent noisy changes is sqrt(N) shorter.
-            one_task_sq_norm = float(np.dot(samples, change_sq_norms) / samples.sum())
-            return min(math.sqrt(one_task_sq_norm / mean_sq_norm), math.sqrt(num_tasks))
-        return 1.0
 
     def _carry_over(self, state: State, tasks: list[dict[str, Any]], metrics: dict[str, float]) -> State:
         """The state holding the carries the tasks returned (a rejected task's envs start anew), and what carrying

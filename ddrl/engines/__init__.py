@@ -14,7 +14,6 @@ changes no run's result.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import shutil
 from pathlib import Path

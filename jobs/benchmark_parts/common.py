@@ -25,8 +25,8 @@ import numpy as np
 STARTED_AT = float(os.environ.get("DDRL_STARTED_AT", time.time()))
 ROOT = Path(__file__).resolve().parents[2]
 CARTPOLE_TARGET = 475.0
-PPO_TASK_SCALING = {rule: [f"ppo.task_scaling={rule}"] for rule in ("none", "noise_scale", "step_norm")}
-"""The scaling_law part's PPO variants: each rule of ppo.task_scaling."""
+PPO_TASK_SCALING = {"averaging": ["ppo.task_scaling=none"], "noise scale": ["ppo.task_scaling=noise_scale"]}
+"""The scaling_law part's PPO variants: the rules of ppo.task_scaling."""
 
 
 # ---- sizes ---------------------------------------------------------------------------------------------------
@@ -114,6 +114,8 @@ class Sizes:
         default_factory=lambda: {
             "CartPole PPO": ("conf/cartpole_ppo.yaml", 475.0, 60, (1, 2, 4, 8, 16, 32), (1, 2, 3), PPO_TASK_SCALING),
             "Pendulum PPO": ("conf/pendulum_ppo.yaml", -200.0, 60, (1, 4, 16), (1,), PPO_TASK_SCALING),
+            # Up to 32 tasks split ARS's 32 directions (the same iterations, each shorter); 64 tasks take 64.
+            "HalfCheetah ARS": ("conf/halfcheetah_ars.yaml", 3000.0, 100, (1, 16, 64), (1,), {"directions": []}),
         })
 
     @staticmethod

@@ -277,17 +277,17 @@ def iteration_model(executors: int, params: float, task_s: float, depth: int, co
                  + broadcast_bytes / constants["network_bytes_per_s_assumed"] * math.ceil(math.log2(executors + 1)))
     scheduling = constants["job_floor_s"] + constants["python_task_s"] + constants["driver_per_task_s"] * executors
     task_side = params * per["encode_s"]
-    levels = levels(executors, depth)
+    plan = levels(executors, depth)
     reduce_levels = 0.0
-    for upper, lower in zip(levels, levels[1:]):
+    for upper, lower in zip(plan, plan[1:]):
         fan_in = math.ceil(upper / lower)
         reduce_levels += fan_in * result_bytes * shuffle_per_byte + (fan_in - 1) * params * per["merge_s"]
-    final = levels[-1]
+    final = plan[-1]
     driver = final * result_bytes * collect_per_byte + (final - 1) * params * per["merge_s"] + params * per["finish_s"]
     overhead = broadcast + scheduling + task_side + reduce_levels + driver
     return {"broadcast_s": broadcast, "scheduling_s": scheduling, "task_side_s": task_side, "reduce_levels_s": reduce_levels,
             "driver_reduce_s": driver, "overhead_s": overhead, "iteration_s": task_s + overhead, "efficiency": task_s / (task_s + overhead),
-            "levels": levels, "bytes_to_driver": final * result_bytes, "feasible": final * result_bytes <= MAX_RESULT_BYTES}
+            "levels": plan, "bytes_to_driver": final * result_bytes, "feasible": final * result_bytes <= MAX_RESULT_BYTES}
 
 
 def predictions(constants: dict[str, Any], task_s: float = 1.0) -> list[dict[str, Any]]:

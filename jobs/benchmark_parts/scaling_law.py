@@ -38,9 +38,13 @@ def scaling_law(bench: Bench) -> dict[str, Any]:
     overhead = _overhead_by_tasks(bench)
     rows, data = [], {"overhead_s": {str(n): o for n, o in overhead.items()}, "cases": {}}
     for case, (path, target, max_iterations, task_counts, seeds, variants) in sizes.scaling_law_cases.items():
+        one_task: list[dict[str, Any]] = []
         for variant, variant_overrides in variants.items():
             runs: dict[int, list[dict[str, Any]]] = {}
             for tasks in task_counts:
+                if tasks == 1 and one_task:  # every rule takes one task's own step: the same run
+                    runs[tasks] = one_task
+                    continue
                 for seed in seeds:
                     config = config_module.load(ROOT / path, [*variant_overrides, f"spark.num_tasks={tasks}"])
                     overrides = [
@@ -52,6 +56,8 @@ def scaling_law(bench: Bench) -> dict[str, Any]:
                                         run_dir=bench.work / "runs" / f"scaling_law-{case}-{variant}-{tasks}-{seed}".replace(" ", "_"))
                     runs.setdefault(tasks, []).append(_measure(result.metrics.to_pylist(), target, tasks, seed, overhead))
                     log(f"scaling_law: {case} {variant} {tasks} tasks seed {seed}: {runs[tasks][-1]}")
+                if tasks == 1:
+                    one_task = runs[tasks]
             data["cases"][f"{case}, {variant}"] = runs
             rows += _rows(case, variant, runs)
     plot = bench.work / "scaling_law.png"
