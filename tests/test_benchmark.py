@@ -4,6 +4,7 @@ table and a JSON file.  No timing is asserted: the figures themselves belong in 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from conftest import ROOT
@@ -105,7 +106,8 @@ def test_scaling_law_part_projects_speed_ups_and_plots(spark, tmp_path):
     assert set(runs) == {1, 2} and all(run["iterations"] for seeded in runs.values() for run in seeded)
     assert (tmp_path / "work" / "scaling_law.png").stat().st_size > 0
     metrics = [row["metric"] for row in results["parts"]["scaling_law"]["rows"]]
-    assert "projected speed-up S(2) against 1 task" in metrics
+    assert "projected S(2), overhead of the simulated cluster" in metrics
+    assert "iterations(1) / iterations(2), median of seeds" in metrics
 
 
 def test_scaling_law_overhead_is_interpolated_and_extrapolated():
@@ -116,10 +118,18 @@ def test_scaling_law_overhead_is_interpolated_and_extrapolated():
 
 
 def test_scaling_law_speed_up_is_the_median_of_each_seeds_ratio():
-    def run(seed, seconds):
-        return {"seed": seed, "projected_s": seconds}
+    def run(seed, iterations, work):
+        return {"seed": seed, "iterations": iterations, "task_work_s": work}
 
-    runs = {1: [run(1, 10.0), run(2, 20.0), run(3, 30.0)], 4: [run(1, 5.0), run(2, 4.0), run(3, 30.0)]}
-    assert scaling_law.speed_ups(runs) == {1: 1.0, 4: 2.0}
-    runs[4][0]["projected_s"] = None  # a seed that missed the target: no speed-up to claim
-    assert scaling_law.speed_ups(runs)[4] != scaling_law.speed_ups(runs)[4]
+    runs = {1: [run(1, 10, 1.0), run(2, 20, 1.0), run(3, 30, 1.0)], 4: [run(1, 5, 1.0), run(2, 5, 1.0), run(3, 30, 1.0)]}
+    assert scaling_law.speed_ups(runs, None) == {1: 1.0, 4: 2.0}
+    # With 1 s of overhead at 4 tasks (none at 1), T(4) doubles: seeds' ratios 1, 2 and 0.5.
+    assert scaling_law.speed_ups(runs, lambda tasks, _: 1.0 if tasks == 4 else 0.0) == {1: 1.0, 4: 1.0}
+    runs[4][0]["iterations"] = None  # a seed that missed the target: no speed-up to claim
+    assert math.isnan(scaling_law.speed_ups(runs, None)[4])
+
+
+def test_the_cost_models_cluster_overhead_grows_with_tasks_and_result_size():
+    small = [scaling_law.model_overhead(tasks, 80_000) for tasks in (1, 16, 1000)]
+    assert small == sorted(small) and small[0] < 0.1
+    assert scaling_law.model_overhead(16, 80e6) > scaling_law.model_overhead(16, 80_000)

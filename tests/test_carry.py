@@ -175,7 +175,8 @@ def test_reset_every_job_keeps_no_carry_and_starts_each_task_from_its_seed(tmp_p
 
 PARAMS_BEFORE_CARRYING = {"CartPole-v1": "f050862b6b103559", "Pendulum-v1": "4cf3d6101c4e553c"}
 """sha256 (first 16 hex digits) of the final parameters of the run below, trained by commit 7980297, before ddrl
-carried episodes: the reset-every-job option must give today's results, bit for bit."""
+carried episodes and scaled its outer step: resetting every job with plain averaging must give those results, bit
+for bit."""
 
 
 @pytest.mark.parametrize("env_id", sorted(PARAMS_BEFORE_CARRYING))
@@ -185,7 +186,7 @@ def test_reset_every_job_gives_the_parameters_from_before_carrying(spark, tmp_pa
         "name": "cmp", "seed": 7, "algo": "ppo", "env": {"id": env_id, "num_envs": 4}, "spark": {"num_tasks": 2},
         "train": {"total_env_steps": 4 * 64 * 2 * 4, "eval_episodes": 2, "final_eval_episodes": 2},
         "output": {"root": str(tmp_path)},
-        "ppo": {"num_steps": 64, "update_epochs": 2, "num_minibatches": 2, "carry_episodes": False, **more},
+        "ppo": {"num_steps": 64, "update_epochs": 2, "num_minibatches": 2, "carry_episodes": False, "task_scaling": "none", **more},
     }
     result = ddrl.train(spark, config, observers=[])
     assert hashlib.sha256(final_params(result.run_dir).tobytes()).hexdigest()[:16] == PARAMS_BEFORE_CARRYING[env_id]

@@ -162,3 +162,12 @@ def test_task_scaling_gives_each_task_past_num_directions_a_direction_of_its_own
     assert es.directions(config) == expected
     unscaled = config_module.load(small_es_config(tmp_path, spark={"num_tasks": 2}, es={**ars, "task_scaling": "none"}))
     assert es.directions(unscaled) == (32, 4)
+
+
+def test_more_tasks_than_directions_each_run_a_direction_of_their_own(spark, tmp_path):
+    ars = {"variant": "ars", "num_directions": 2, "top_directions": 1, "sigma": 0.05, "learning_rate": 0.05}
+    config = small_es_config(tmp_path, env={"num_envs": 2}, spark={"num_tasks": 4, "tree_depth": "auto"},
+                             train={"total_env_steps": 600, "eval_episodes": 2, "final_eval_episodes": 2}, es=ars)
+    result = ddrl.train(spark, config, observers=[])
+    assert result.iterations >= 2
+    assert set(result.metrics.column("directions").to_pylist()) == {4.0}  # 4 directions, 2 of them kept: b / N stays 1/2

@@ -10,20 +10,25 @@ What a cluster with a core per task would take, T(N) = iterations(N) x (w(N) + o
 
 * w(N): one task's own work per iteration (rollout and update), the median over the run's iterations, measured
   inside the tasks here (one core each);
-* o(N): what an iteration costs beyond its slowest task at N tasks, from the simulated-cluster part of the same
-  benchmark run (local[N], envs that wait instead of computing): its iteration time minus its tasks' own work,
-  interpolated linearly between the task counts it measured (and extrapolated past the last two).
+* o(N): what an iteration costs beyond its slowest task at N tasks, two ways: from the simulated-cluster part of
+  the same benchmark run (local[N], envs that wait instead of computing: its iteration time minus its tasks' own
+  work, interpolated between the task counts it measured and extrapolated past the last two; on a 2-core machine
+  it includes N Python workers contending for 2 cores), and from the cost model of part 4 (``model_overhead``).
 
 The projected speed-up is S(N) = T(1) / T(N), the median over seeds of each seed's own ratio; the ideal is N.
+Its ceiling is the ratio of iterations, which no cluster changes.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
+from ddrl.engines import tree
 from jobs.benchmark_parts.common import ROOT, Bench, iteration_steps, log, median, row
 from jobs.benchmark_parts.simulated_cluster import simulated_cluster
 
@@ -32,11 +37,11 @@ TARGETS_AT_16 = {"CartPole PPO": 4.0, "Pendulum PPO": 8.0, "HalfCheetah PPO": 8.
 
 def scaling_law(bench: Bench) -> dict[str, Any]:
     import ddrl
-    from ddrl import config as config_module
+    from ddrl import config as config_module, envs
+    from ddrl.config import ALGORITHMS
 
     sizes = bench.sizes
-    overhead = _overhead_by_tasks(bench)
-    rows, data = [], {"overhead_s": {str(n): o for n, o in overhead.items()}, "cases": {}}
+    data: dict[str, Any] = {"overhead_s": {str(n): o for n, o in _simulated_overhead(bench).items()}, "cases": {}}
     for case, (path, target, max_iterations, task_counts, seeds, variants) in sizes.scaling_law_cases.items():
         one_task: list[dict[str, Any]] = []
         for variant, variant_overrides in variants.items():
@@ -45,8 +50,9 @@ def scaling_law(bench: Bench) -> dict[str, Any]:
                 if tasks == 1 and one_task:  # every rule takes one task's own step: the same run
                     runs[tasks] = one_task
                     continue
+                config = config_module.load(ROOT / path, [*variant_overrides, f"spark.num_tasks={tasks}"])
+                result_bytes = importlib.import_module(ALGORITHMS[config.algo]).build(config, envs.describe(config.env)).task_result_bytes()
                 for seed in seeds:
-                    config = config_module.load(ROOT / path, [*variant_overrides, f"spark.num_tasks={tasks}"])
                     overrides = [
                         *variant_overrides, f"spark.num_tasks={tasks}", f"seed={seed}", f"train.target_return={target}",
                         "train.solved_evaluations=1", "train.stop_at_target=true", "train.eval_every=1",
@@ -54,26 +60,25 @@ def scaling_law(bench: Bench) -> dict[str, Any]:
                     ]
                     result = ddrl.train(bench.spark(), ROOT / path, overrides=overrides, observers=[],
                                         run_dir=bench.work / "runs" / f"scaling_law-{case}-{variant}-{tasks}-{seed}".replace(" ", "_"))
-                    runs.setdefault(tasks, []).append(_measure(result.metrics.to_pylist(), target, tasks, seed, overhead))
+                    runs.setdefault(tasks, []).append(_measure(result.metrics.to_pylist(), target, seed, result_bytes))
                     log(f"scaling_law: {case} {variant} {tasks} tasks seed {seed}: {runs[tasks][-1]}")
                 if tasks == 1:
                     one_task = runs[tasks]
             data["cases"][f"{case}, {variant}"] = runs
-            rows += _rows(case, variant, runs)
     plot = bench.work / "scaling_law.png"
-    _plot(data["cases"], plot)
+    rows = report(data, plot)
     data["plot"] = str(plot)
     return {"rows": rows, "data": data}
 
 
-def _overhead_by_tasks(bench: Bench) -> dict[int, float]:
-    """o(N) in seconds from the simulated-cluster part of this benchmark run (run here if it was not)."""
+def _simulated_overhead(bench: Bench) -> dict[int, float]:
+    """o(N) in seconds from the simulated-cluster part of this benchmark run (run here if it was not): its PPO
+    iteration time less its tasks' own work."""
     simulated = bench.results["parts"].get("simulated_cluster", {}).get("data")
     if not simulated:
         bench.stop_spark()  # the simulated cluster starts its own processes
         simulated = simulated_cluster(bench)["data"]
-    runs = simulated["ppo"]
-    return {int(tasks): max(run["iteration_s"] - run["task_work_s"], 0.0) for tasks, run in runs.items()}
+    return {int(tasks): max(run["iteration_s"] - run["task_work_s"], 0.0) for tasks, run in simulated["ppo"].items()}
 
 
 def overhead_at(overhead: dict[int, float], tasks: int) -> float:
@@ -86,56 +91,84 @@ def overhead_at(overhead: dict[int, float], tasks: int) -> float:
     return values[-1] + slope * (tasks - counts[-1])
 
 
-def _measure(metrics: list[dict[str, Any]], target: float, tasks: int, seed: int, overhead: dict[int, float]) -> dict[str, Any]:
+def model_overhead(tasks: int, result_bytes: float) -> float:
+    """o(N) of a real cluster by the cost model (BENCHMARKS.md part 4): a stage, the driver's serial dispatch and
+    the merge at the depth ``auto`` picks (results far below the driver's limit)."""
+    depth = tree.auto_depth(tasks, result_bytes, math.inf)
+    return tree.STAGE_SECONDS + tasks * tree.COLLECT_SECONDS_PER_TASK + tree.merge_seconds(tasks, depth, result_bytes)
+
+
+def _measure(metrics: list[dict[str, Any]], target: float, seed: int, result_bytes: int) -> dict[str, Any]:
     reached = next((r for r in metrics if r["eval_return_mean"] >= target), None)
-    work = median([r.get("rollout_s", 0.0) + r.get("update_s", 0.0) for r in metrics])
-    iteration = work + overhead_at(overhead, tasks)
     return {
         "seed": seed,
         "iterations": reached["iteration"] if reached else None,
         "env_steps": int(reached["eval_env_steps"]) if reached else None,
         "iterations_run": len(metrics),
-        "task_work_s": work,
-        "projected_iteration_s": iteration,
-        "projected_s": reached["iteration"] * iteration if reached else None,
+        "task_work_s": median([r.get("rollout_s", 0.0) + r.get("update_s", 0.0) for r in metrics]),
+        "result_bytes": result_bytes,
         "useful_tasks": median([r.get("useful_tasks", math.nan) for r in metrics]),
         "step_scale": median([r.get("step_scale", math.nan) for r in metrics]),
     }
 
 
-def speed_ups(runs: dict[int, list[dict[str, Any]]]) -> dict[int, float]:
-    """S(N): per seed T(1) / T(N) (NaN where a run missed the target), the median over seeds."""
-    one = {run["seed"]: run["projected_s"] for run in runs[min(runs)]}
+def speed_ups(runs: dict[int, list[dict[str, Any]]], overhead: Callable[[int, dict[str, Any]], float] | None) -> dict[int, float]:
+    """S(N) = T(1) / T(N) per seed, T = iterations x (the task's work + ``overhead(N, run)``), the median over seeds;
+    with ``overhead`` None the ratio of iterations alone.  NaN where a seed missed the target."""
+    def seconds(tasks: int, run: dict[str, Any]) -> float:
+        if not run["iterations"]:
+            return math.nan
+        return run["iterations"] * (1.0 if overhead is None else run["task_work_s"] + overhead(tasks, run))
+
+    first = min(runs)
+    one = {run["seed"]: seconds(first, run) for run in runs[first]}
     speed_up = {}
     for tasks, seeded in runs.items():
-        ratios = [one[run["seed"]] / run["projected_s"] if one.get(run["seed"]) and run["projected_s"] else math.nan for run in seeded]
+        ratios = [one.get(run["seed"], math.nan) / seconds(tasks, run) for run in seeded]
         speed_up[tasks] = float(np.median(ratios)) if all(math.isfinite(ratio) for ratio in ratios) else math.nan
     return speed_up
 
 
-def _rows(case: str, variant: str, runs: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    rows, speed_up = [], speed_ups(runs)
-    first = min(runs)
-    for tasks, seeded in runs.items():
-        label = f"{case}, {variant}, {tasks} tasks"
-        seeds_text = " / ".join(str(run["iterations"]) if run["iterations"] else "-" for run in seeded)
-        steps_text = " / ".join(f"{run['env_steps']:,}" if run["env_steps"] else "-" for run in seeded)
-        rows += [
-            row(label, "iterations to the target (seeds)", seeds_text),
-            row(label, "env steps to the target (seeds)", steps_text),
-            row(label, "one task's work / projected iteration", f"{median([r['task_work_s'] for r in seeded]):.3f} / "
-                f"{median([r['projected_iteration_s'] for r in seeded]):.3f}", "s"),
-            row(label, "useful tasks (B_noise / per-task batch), median", median([r["useful_tasks"] for r in seeded])),
-        ]
-        if tasks != first:
+def report(data: dict[str, Any], plot: Path) -> list[dict[str, Any]]:
+    """The part's rows and plot from its data (also from a stored benchmark JSON, whose keys are strings)."""
+    simulated = {int(tasks): seconds for tasks, seconds in data["overhead_s"].items()}
+    overheads = {"simulated cluster": lambda tasks, run: overhead_at(simulated, tasks),
+                 "cost model": lambda tasks, run: model_overhead(tasks, run["result_bytes"])}
+    rows, projected = [], {}
+    for label, stored in data["cases"].items():
+        runs = {int(tasks): seeded for tasks, seeded in stored.items()}
+        case = label.split(",")[0]
+        iteration_ratio = speed_ups(runs, None)
+        speed_up = {name: speed_ups(runs, overhead) for name, overhead in overheads.items()}
+        projected[label] = speed_up["simulated cluster"]
+        first = min(runs)
+        for tasks, seeded in runs.items():
+            where = f"{label}, {tasks} tasks"
+            rows += [
+                row(where, "iterations to the target (seeds)", " / ".join(str(r["iterations"] or "-") for r in seeded)),
+                row(where, "env steps to the target (seeds)", " / ".join(f"{r['env_steps']:,}" if r["env_steps"] else "-" for r in seeded)),
+                row(where, "one task's work per iteration, median", median([r["task_work_s"] for r in seeded]), "s"),
+            ]
+            useful = median([r["useful_tasks"] for r in seeded])
+            if math.isfinite(useful):  # McCandlish et al.: steps to a target go as 1 + B_noise / B, at best
+                rows += [row(where, "useful tasks u (B_noise / one task's batch), median", useful),
+                         row(where, f"iterations({first}) / iterations({tasks}) the noise scale allows, (1 + u) / (1 + u / N)",
+                             (1 + useful) / (1 + useful / tasks), "x")]
+            if tasks == first:
+                continue
             target = TARGETS_AT_16.get(case) if tasks == 16 else None
-            hit = None if target is None or not math.isfinite(speed_up[tasks]) else speed_up[tasks] >= target
-            rows.append(row(label, f"projected speed-up S({tasks}) against {first} task", speed_up[tasks], "x",
-                            f">= {target:g}x" if target else "", hit if target else None))
+            measured = speed_up["simulated cluster"][tasks]
+            hit = None if target is None else (math.isfinite(measured) and measured >= target)
+            rows += [
+                row(where, f"iterations({first}) / iterations({tasks}), median of seeds", iteration_ratio[tasks], "x"),
+                row(where, f"projected S({tasks}), overhead of the simulated cluster", measured, "x", f">= {target:g}x" if target else "", hit),
+                row(where, f"projected S({tasks}), overhead of the cost model", speed_up["cost model"][tasks], "x"),
+            ]
+    _plot(projected, plot)
     return rows
 
 
-def _plot(cases: dict[str, dict[int, list[dict[str, Any]]]], out: Any) -> None:
+def _plot(speed_ups_by_label: dict[str, dict[int, float]], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,16 +177,16 @@ def _plot(cases: dict[str, dict[int, list[dict[str, Any]]]], out: Any) -> None:
     from ddrl.plots import save_figure
 
     figure, axis = pyplot.subplots(figsize=(6.5, 4.5))
-    most = max((max(runs) for runs in cases.values()), default=1)
+    most = max((max(speed_up) for speed_up in speed_ups_by_label.values()), default=1)
     axis.plot([1, most], [1, most], color="grey", linestyle=":", label="ideal: S(N) = N")
-    for label, runs in cases.items():
-        speed_up = speed_ups(runs)
+    for label, speed_up in speed_ups_by_label.items():
         counts = [tasks for tasks in sorted(speed_up) if math.isfinite(speed_up[tasks])]
         axis.plot(counts, [speed_up[tasks] for tasks in counts], marker="o", label=label)
     axis.set_xscale("log", base=2)
     axis.set_yscale("log", base=2)
     axis.set_xlabel("tasks N (a core each)")
     axis.set_ylabel("projected time-to-target speed-up S(N)")
+    axis.set_title("simulated-cluster overhead")
     axis.legend(fontsize="small")
     axis.grid(alpha=0.3)
     save_figure(figure, out, 100)
