@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import sys
 import time
 from pathlib import Path
@@ -119,6 +120,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--atari-local-rounds", help="pixels: Atari Breakout's local_rounds, one run each (default 4), comma-separated")
     parser.add_argument("--rounds-seeds", help="rounds: seeds, comma-separated (default 1-12)")
     parser.add_argument("--rounds-carried", action="store_true", help="rounds: only the variants with carried episodes (#20)")
+    parser.add_argument("--law-cases", help="scaling_law: cases, comma-separated (default: CartPole PPO, Pendulum PPO, HalfCheetah ARS, HalfCheetah PPO)")
+    parser.add_argument("--simulated-from", type=Path, help="scaling_law: take the simulated cluster's overhead from this earlier benchmark JSON")
     parser.add_argument("--time-to-target-envs", help="time_to_target: env ids, comma-separated (default HalfCheetah-v5,Hopper-v5)")
     args = parser.parse_args(argv)
     parts = [part for item in args.only for part in item.split(",") if part]
@@ -168,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         sizes.halfcheetah_minutes = args.halfcheetah_minutes
     if args.rounds_seeds:
         sizes.rounds_seeds = tuple(int(seed) for seed in args.rounds_seeds.split(","))
+    if args.law_cases:
+        wanted = [case.strip() for case in args.law_cases.split(",")]
+        unknown = [case for case in wanted if case not in sizes.scaling_law_cases]
+        if unknown:
+            raise SystemExit(f"--law-cases: unknown {unknown}; choose from {', '.join(sizes.scaling_law_cases)}")
+        sizes.scaling_law_cases = {case: sizes.scaling_law_cases[case] for case in wanted}
     if args.rounds_carried:
         sizes.rounds_variants = CARRIED_ROUND_VARIANTS
     if args.time_to_target_envs:
@@ -182,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     work = ROOT / "runs" / f"benchmark-{stamp}"
     out = args.out.resolve() if args.out else work / "benchmark.json"
     bench = Bench(sizes, work, out, args.quick, args=args)
+    if args.simulated_from:
+        bench.results["parts"]["simulated_cluster"] = json.loads(args.simulated_from.read_text())["parts"]["simulated_cluster"]
     log(f"parts {', '.join(args.parts)}{' (quick)' if args.quick else ''}; outputs in {work}, results in {out}")
     try:
         results = run_parts(bench, args.parts)

@@ -171,3 +171,20 @@ def test_more_tasks_than_directions_each_run_a_direction_of_their_own(spark, tmp
     result = ddrl.train(spark, config, observers=[])
     assert result.iterations >= 2
     assert set(result.metrics.column("directions").to_pylist()) == {4.0}  # 4 directions, 2 of them kept: b / N stays 1/2
+
+
+def test_a_task_with_fewer_directions_than_envs_builds_only_the_envs_it_uses(tmp_path):
+    # With gymnasium's sync vector env the active sub-envs' episodes do not depend on idle ones.  A native vector
+    # env (CartPole's) draws the whole batch's start states at once, so there they differ (same distribution).
+    config = config_module.load(small_es_config(tmp_path, env={"id": "Pendulum-v1", "num_envs": 8}, spark={"num_tasks": 2},
+                                                es={"variant": "ars", "num_directions": 4}))
+    algorithm = es.build(config, envs.describe(config.env))
+    payload = algorithm.task_payload(algorithm.initial_state(), 0)
+    lean = algorithm.run_task(payload, 1, 0)
+    assert algorithm._vector_env().num_envs == 2
+    es._WORKER_CACHE.clear()
+    wide = envs.make_vector_env(config.env, 8)  # what a task built before: idle sub-envs ran theta
+    algorithm._vector_env = lambda: wide
+    full = algorithm.run_task(payload, 1, 0)
+    for name in ("seeds", "returns_pos", "returns_neg", "obs_mean"):
+        np.testing.assert_array_equal(lean.records[name], full.records[name])

@@ -380,8 +380,14 @@ class EvolutionStrategy(abc.ABC):
         return returns[:active], lengths[:active], np.concatenate(seen)
 
     def _vector_env(self) -> Any:
-        """The vector env, built once per Python worker process and config."""
-        return _WORKER_CACHE.get(self.config.fingerprint(), lambda: envs_module.make_vector_env(self.config.env, self.config.env.num_envs))
+        """The vector env, built once per Python worker process and config: ``num_envs`` sub-envs, or as many as a
+        task has directions where that is fewer (more tasks than waves of directions), since an idle sub-env would
+        step for nothing.  On gymnasium's sync vector env the active sub-envs' episodes are the same either way (the
+        wave's reset seeds sub-env i with its seed + i); a native vector env draws its start states for the whole
+        batch, so there they differ from ddrl before 2026-12-06 for such configs (none of the shipped ones)."""
+        per_task = math.ceil(self.num_directions / self.config.spark.num_tasks)
+        num_envs = min(self.config.env.num_envs, per_task)
+        return _WORKER_CACHE.get(self.config.fingerprint(), lambda: envs_module.make_vector_env(self.config.env, num_envs))
 
 
 _WORKER_CACHE = WorkerCache(close=lambda vector_env: vector_env.close())

@@ -10,8 +10,11 @@ step of DiLoCo (Douillard et al. 2023) on the mean change Delta = sum_i n_i Delt
     theta <- theta + outer_lr * Delta                                  (outer_momentum = 0)
     b <- mu * b + Delta;  theta <- theta + outer_lr * (Delta + mu * b)  (Nesterov, mu = outer_momentum)
 
-outer_lr 1 without momentum is plain parameter averaging.  Adam's moments (``adam_moments``): ``restart``
-starts them at zero in every task; ``fedadamw`` (the default: fewest CartPole steps over 24 seeds, BENCHMARKS.md)
+outer_lr 1 without momentum is plain parameter averaging.  With ``task_scaling: noise_scale`` Delta is first
+lengthened by eps(N b) / eps(b), the ratio of the optimal learning rates of McCandlish et al. (2018) at the N
+tasks' batch and at one task's, from the gradient noise scale measured across the tasks (``ddrl.noise_scale``).
+
+Adam's moments (``adam_moments``): ``restart`` starts them at zero in every task; ``fedadamw`` (the default: fewest CartPole steps over 24 seeds, BENCHMARKS.md)
 restarts the first and starts the second from the tasks' per-tensor means of the last iteration (FedAdamW, arXiv
 2510.27486); ``average`` ships and averages both (7 times the result bytes).  Reads top to bottom like CleanRL's ppo.py.
 """
@@ -86,10 +89,10 @@ class Hyperparameters(StrictModel):
     )
     outer_lr: float = Field(1.0, gt=0, le=10, description="Outer step on the mean parameter change (1: plain averaging).")
     outer_momentum: float = Field(0.0, ge=0, lt=1, description="Nesterov momentum of the outer step (0: none).")
-    task_scaling: Literal["noise_scale", "none"] = Field(
-        "noise_scale", description="How far the mean of the tasks' changes moves theta: further than one task's step "
-        "as far as the gradient noise scale says the larger batch allows (ddrl.noise_scale), or the mean itself (plain "
-        "averaging, ddrl before 2026-12-06)."
+    task_scaling: Literal["none", "noise_scale"] = Field(
+        "none", description="How far the mean of the tasks' changes moves theta: the mean itself (plain averaging), or "
+        "further, as far as the gradient noise scale says N tasks' batch allows (ddrl.noise_scale; slower on CartPole "
+        "at 8 and 16 tasks, BENCHMARKS.md part 13)."
     )
 
 

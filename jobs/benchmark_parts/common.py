@@ -29,6 +29,20 @@ PPO_TASK_SCALING = {"averaging": ["ppo.task_scaling=none"], "noise scale": ["ppo
 """The scaling_law part's PPO variants: the rules of ppo.task_scaling."""
 
 
+@dataclasses.dataclass(frozen=True)
+class LawCase:
+    """One case of the scaling_law part: a shipped config trained to ``target`` at each task count and seed."""
+
+    path: str
+    target: float
+    max_iterations: int  # the step budget, in iterations at each task count
+    tasks: tuple[int, ...]
+    seeds: tuple[int, ...]
+    variants: dict[str, list[str]]  # name to overrides
+    eval_every_steps: int = 0  # evaluate about every this many env steps; 0: every iteration
+    max_env_steps: int = 0  # and at most this many env steps (0: no cap beyond max_iterations)
+
+
 # ---- sizes ---------------------------------------------------------------------------------------------------
 
 # The rounds part's variants (jobs/benchmark_parts/rounds.py runs them), here for the default of Sizes.rounds_variants.
@@ -110,12 +124,15 @@ class Sizes:
     carry_iterations: dict[str, int] = dataclasses.field(  # the first of each is not measured
         default_factory=lambda: {"CartPole PPO": 21, "HalfCheetah PPO": 9, "Breakout PPO": 5})
     # case: (config, target, max iterations, task counts, seeds, variant name to overrides)
-    scaling_law_cases: dict[str, tuple[str, float, int, tuple[int, ...], tuple[int, ...], dict[str, list[str]]]] = dataclasses.field(
+    scaling_law_cases: dict[str, LawCase] = dataclasses.field(
         default_factory=lambda: {
-            "CartPole PPO": ("conf/cartpole_ppo.yaml", 475.0, 60, (1, 2, 4, 8, 16, 32), (1, 2, 3), PPO_TASK_SCALING),
-            "Pendulum PPO": ("conf/pendulum_ppo.yaml", -200.0, 60, (1, 4, 16), (1,), PPO_TASK_SCALING),
+            "CartPole PPO": LawCase("conf/cartpole_ppo.yaml", 475.0, 60, (1, 2, 4, 8, 16, 32), (1, 2, 3), PPO_TASK_SCALING),
+            "Pendulum PPO": LawCase("conf/pendulum_ppo.yaml", -200.0, 60, (1, 4, 16), (1,), PPO_TASK_SCALING),
             # Up to 32 tasks split ARS's 32 directions (the same iterations, each shorter); 64 tasks take 64.
-            "HalfCheetah ARS": ("conf/halfcheetah_ars.yaml", 3000.0, 100, (1, 16, 64), (1,), {"directions": []}),
+            "HalfCheetah ARS": LawCase("conf/halfcheetah_ars.yaml", 3000.0, 100, (1, 16, 64), (1,), {"directions": []}),
+            # 20-episode evaluations are 20k env steps: about every 10k training steps, not every iteration.
+            "HalfCheetah PPO": LawCase("conf/halfcheetah_ppo.yaml", 3000.0, 2000, (1, 4, 16), (1,), {"noise scale": ["ppo.task_scaling=noise_scale"]},
+                                       eval_every_steps=10_240, max_env_steps=1_000_000),
         })
 
     @staticmethod
@@ -161,7 +178,7 @@ class Sizes:
             sweep_halving_min_steps=4096,
             sweep_budget=8192,
             carry_iterations={"CartPole PPO": 2, "HalfCheetah PPO": 2, "Breakout PPO": 2},
-            scaling_law_cases={"CartPole PPO": ("conf/cartpole_ppo.yaml", 50.0, 3, (1, 2), (1,), {"averaging": ["ppo.task_scaling=none"]})},
+            scaling_law_cases={"CartPole PPO": LawCase("conf/cartpole_ppo.yaml", 50.0, 3, (1, 2), (1,), {"averaging": ["ppo.task_scaling=none"]})},
         )
 
 

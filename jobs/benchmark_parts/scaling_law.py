@@ -1,8 +1,8 @@
 """Part 13, scaling_law (#21): do more tasks mean less time to a target return?
 
 For each case, task count N and seed: the shipped config with only ``spark.num_tasks`` (and the seed) changed,
-trained in this process's local[2] session until its first evaluation at the target (every iteration
-evaluates), within ``max_iterations`` (the step budget is max_iterations iterations at N tasks, so that
+trained in this process's local[2] session until its first evaluation at the target (every iteration evaluates,
+or about every ``eval_every_steps``), within ``max_iterations`` (the step budget is max_iterations iterations at N tasks, so that
 annealed learning rates follow the same schedule per iteration whatever N).  Sample and iteration counts do not
 depend on this machine's speed.
 
@@ -42,25 +42,27 @@ def scaling_law(bench: Bench) -> dict[str, Any]:
 
     sizes = bench.sizes
     data: dict[str, Any] = {"overhead_s": {str(n): o for n, o in _simulated_overhead(bench).items()}, "cases": {}}
-    for case, (path, target, max_iterations, task_counts, seeds, variants) in sizes.scaling_law_cases.items():
+    for case, law in sizes.scaling_law_cases.items():
         one_task: list[dict[str, Any]] = []
-        for variant, variant_overrides in variants.items():
+        for variant, variant_overrides in law.variants.items():
             runs: dict[int, list[dict[str, Any]]] = {}
-            for tasks in task_counts:
+            for tasks in law.tasks:
                 if tasks == 1 and one_task:  # every rule takes one task's own step: the same run
                     runs[tasks] = one_task
                     continue
-                config = config_module.load(ROOT / path, [*variant_overrides, f"spark.num_tasks={tasks}"])
+                config = config_module.load(ROOT / law.path, [*variant_overrides, f"spark.num_tasks={tasks}"])
                 result_bytes = importlib.import_module(ALGORITHMS[config.algo]).build(config, envs.describe(config.env)).task_result_bytes()
-                for seed in seeds:
+                eval_every = max(round(law.eval_every_steps / iteration_steps(config)), 1)
+                budget = min(iteration_steps(config) * law.max_iterations, law.max_env_steps or math.inf)
+                for seed in law.seeds:
                     overrides = [
-                        *variant_overrides, f"spark.num_tasks={tasks}", f"seed={seed}", f"train.target_return={target}",
-                        "train.solved_evaluations=1", "train.stop_at_target=true", "train.eval_every=1",
-                        f"train.total_env_steps={iteration_steps(config) * max_iterations}", "output.checkpoint_every=100000",
+                        *variant_overrides, f"spark.num_tasks={tasks}", f"seed={seed}", f"train.target_return={law.target}",
+                        "train.solved_evaluations=1", "train.stop_at_target=true", f"train.eval_every={eval_every}",
+                        f"train.total_env_steps={budget}", "output.checkpoint_every=100000",
                     ]
-                    result = ddrl.train(bench.spark(), ROOT / path, overrides=overrides, observers=[],
+                    result = ddrl.train(bench.spark(), ROOT / law.path, overrides=overrides, observers=[],
                                         run_dir=bench.work / "runs" / f"scaling_law-{case}-{variant}-{tasks}-{seed}".replace(" ", "_"))
-                    runs.setdefault(tasks, []).append(_measure(result.metrics.to_pylist(), target, seed, result_bytes))
+                    runs.setdefault(tasks, []).append(_measure(result.metrics.to_pylist(), law.target, seed, result_bytes))
                     log(f"scaling_law: {case} {variant} {tasks} tasks seed {seed}: {runs[tasks][-1]}")
                 if tasks == 1:
                     one_task = runs[tasks]
