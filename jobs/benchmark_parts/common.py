@@ -131,7 +131,7 @@ class Sizes:
             # Up to 32 tasks split ARS's 32 directions (the same iterations, each shorter); 64 tasks take 64.
             "HalfCheetah ARS": LawCase("conf/halfcheetah_ars.yaml", 3000.0, 100, (1, 16, 64), (1,), {"directions": []}),
             # 20-episode evaluations are 20k env steps: about every 10k training steps, not every iteration.
-            "HalfCheetah PPO": LawCase("conf/halfcheetah_ppo.yaml", 3000.0, 2000, (1, 4, 16), (1,), {"noise scale": ["ppo.task_scaling=noise_scale"]},
+            "HalfCheetah PPO": LawCase("conf/halfcheetah_ppo.yaml", 3000.0, 2000, (1, 4, 16), (1,), {"averaging": ["ppo.task_scaling=none"]},
                                        eval_every_steps=10_240, max_env_steps=1_000_000),
         })
 

@@ -136,13 +136,14 @@ def report(data: dict[str, Any], plot: Path) -> list[dict[str, Any]]:
     simulated = {int(tasks): seconds for tasks, seconds in data["overhead_s"].items()}
     overheads = {"simulated cluster": lambda tasks, run: overhead_at(simulated, tasks),
                  "cost model": lambda tasks, run: model_overhead(tasks, run["result_bytes"])}
-    rows, projected = [], {}
+    rows, projected = [], {name: {} for name in overheads}
     for label, stored in data["cases"].items():
         runs = {int(tasks): seeded for tasks, seeded in stored.items()}
         case = label.split(",")[0]
         iteration_ratio = speed_ups(runs, None)
         speed_up = {name: speed_ups(runs, overhead) for name, overhead in overheads.items()}
-        projected[label] = speed_up["simulated cluster"]
+        for name in overheads:
+            projected[name][label] = speed_up[name]
         first = min(runs)
         for tasks, seeded in runs.items():
             where = f"{label}, {tasks} tasks"
@@ -170,7 +171,8 @@ def report(data: dict[str, Any], plot: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _plot(speed_ups_by_label: dict[str, dict[int, float]], out: Path) -> None:
+def _plot(projected: dict[str, dict[str, dict[int, float]]], out: Path) -> None:
+    """One panel per overhead model: each case's S(N) beside the ideal line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -178,17 +180,18 @@ def _plot(speed_ups_by_label: dict[str, dict[int, float]], out: Path) -> None:
 
     from ddrl.plots import save_figure
 
-    figure, axis = pyplot.subplots(figsize=(6.5, 4.5))
-    most = max((max(speed_up) for speed_up in speed_ups_by_label.values()), default=1)
-    axis.plot([1, most], [1, most], color="grey", linestyle=":", label="ideal: S(N) = N")
-    for label, speed_up in speed_ups_by_label.items():
-        counts = [tasks for tasks in sorted(speed_up) if math.isfinite(speed_up[tasks])]
-        axis.plot(counts, [speed_up[tasks] for tasks in counts], marker="o", label=label)
-    axis.set_xscale("log", base=2)
-    axis.set_yscale("log", base=2)
-    axis.set_xlabel("tasks N (a core each)")
-    axis.set_ylabel("projected time-to-target speed-up S(N)")
-    axis.set_title("simulated-cluster overhead")
-    axis.legend(fontsize="small")
-    axis.grid(alpha=0.3)
+    figure, axes = pyplot.subplots(1, len(projected), figsize=(6 * len(projected), 4.5), sharey=True)
+    for axis, (overhead, by_label) in zip(np.atleast_1d(axes), projected.items()):
+        most = max((max(speed_up) for speed_up in by_label.values()), default=1)
+        axis.plot([1, most], [1, most], color="grey", linestyle=":", label="ideal: S(N) = N")
+        for label, speed_up in by_label.items():
+            counts = [tasks for tasks in sorted(speed_up) if math.isfinite(speed_up[tasks])]
+            axis.plot(counts, [speed_up[tasks] for tasks in counts], marker="o", label=label)
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log", base=2)
+        axis.set_xlabel("tasks N (a core each)")
+        axis.set_title(f"overhead of the {overhead}")
+        axis.grid(alpha=0.3)
+    np.atleast_1d(axes)[0].set_ylabel("projected time-to-target speed-up S(N)")
+    np.atleast_1d(axes)[0].legend(fontsize="small")
     save_figure(figure, out, 100)
