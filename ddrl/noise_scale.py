@@ -25,7 +25,8 @@ from ddrl.checkpoint import State
 DECAY = 0.9
 """Of the moving averages: about the last ten iterations count."""
 
-STATE_KEYS = ("noise_scale_gradient_sq", "noise_scale_trace", "noise_scale_weight")
+PREFIX = "noise_scale_"
+STATE_KEYS = tuple(PREFIX + name for name in ("gradient_sq", "trace", "weight"))
 
 
 def initial_state() -> State:
@@ -52,13 +53,13 @@ def update(state: State, task_sq_norms: np.ndarray, task_samples: np.ndarray, me
     state = dict(state)
     if measured is not None:
         for key, value in zip(STATE_KEYS[:2], measured):
-            state[key] = np.array(DECAY * float(state.get(key, 0.0)) + (1 - DECAY) * value)
-        state["noise_scale_weight"] = np.array(DECAY * float(state.get("noise_scale_weight", 0.0)) + (1 - DECAY))
+            state[key] = np.array(DECAY * float(state[key]) + (1 - DECAY) * value)
+        state["noise_scale_weight"] = np.array(DECAY * float(state["noise_scale_weight"]) + (1 - DECAY))
     return state, noise_scale(state)
 
 
 def noise_scale(state: State) -> float:
-    weight = float(state.get("noise_scale_weight", 0.0))  # absent from checkpoints of older versions
+    weight = float(state["noise_scale_weight"])
     if weight == 0.0:
         return math.nan
     gradient_sq, trace = float(state["noise_scale_gradient_sq"]) / weight, float(state["noise_scale_trace"]) / weight

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ddrl import carry, checkpoint, config as config_module, envs
+from ddrl import carry, checkpoint, config as config_module, envs, noise_scale
 from ddrl.config import Config, ConfigError
 from ddrl.envs import EnvInfo
 from ddrl.policy import Policy
@@ -142,8 +142,12 @@ def _latest_fitting_checkpoint(config: Config, env: EnvInfo, directory: Path) ->
     if loaded is None:
         return None
     algorithm = importlib.import_module(config_module.ALGORITHMS[config.algo])
-    expected = {key: value.shape for key, value in algorithm.build(config, env).initial_state().items()}
-    found = {key: value.shape for key, value in loaded[0].items() if not key.startswith(carry.PREFIX)}  # sizes vary
+    initial = algorithm.build(config, env).initial_state()
+    state = loaded[0]
+    # Checkpoints from before ddrl measured the gradient noise scale start its averages afresh.
+    state.update({key: value for key, value in initial.items() if key.startswith(noise_scale.PREFIX) and key not in state})
+    expected = {key: value.shape for key, value in initial.items()}
+    found = {key: value.shape for key, value in state.items() if not key.startswith(carry.PREFIX)}  # sizes vary
     if found != expected:
         key = sorted(key for key in found.keys() | expected.keys() if found.get(key) != expected.get(key))[0]
         raise ConfigError(

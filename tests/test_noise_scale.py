@@ -53,3 +53,23 @@ def test_the_step_scale_runs_from_one_without_noise_towards_the_task_count_with_
     assert noise_scale.step_scale(math.inf, 256.0, 16) == 1.0  # no positive |G|^2: no direction to go further in
     # B_noise of 4 tasks' samples: 16 tasks' mean can go (1 + 4) / (1 + 1/4) = 4 times one task's step.
     assert noise_scale.step_scale(4 * 256.0, 256.0, 16) == pytest.approx(4.0)
+
+
+def test_a_checkpoint_from_before_the_noise_scale_resumes_with_its_averages_started_afresh(tmp_path) -> None:
+    from conftest import small_ppo_config
+
+    from ddrl import checkpoint, config as config_module
+    from ddrl.algorithms import ppo
+    from ddrl.run import Run
+
+    config = config_module.load(small_ppo_config(tmp_path, output={"run_dir": str(tmp_path / "old")}))
+    run = Run.open(config)
+    run.create()
+    state = ppo.PPO(config, run.env).initial_state()
+    state["params"] = state["params"] + 0.5
+    older = {key: value for key, value in state.items() if not key.startswith(noise_scale.PREFIX)}
+    checkpoint.save(run.checkpoints, 3, older, {"iteration": 3}, keep=3)
+
+    loaded, _ = Run.open(config, resume=run.directory).latest_checkpoint
+    np.testing.assert_array_equal(loaded["params"], state["params"])
+    assert {key: float(loaded[key]) for key in noise_scale.STATE_KEYS} == dict.fromkeys(noise_scale.STATE_KEYS, 0.0)

@@ -14,9 +14,10 @@ outer_lr 1 without momentum is plain parameter averaging.  With ``task_scaling: 
 lengthened by eps(N b) / eps(b), the ratio of the optimal learning rates of McCandlish et al. (2018) at the N
 tasks' batch and at one task's, from the gradient noise scale measured across the tasks (``ddrl.noise_scale``).
 
-Adam's moments (``adam_moments``): ``restart`` starts them at zero in every task; ``fedadamw`` (the default: fewest CartPole steps over 24 seeds, BENCHMARKS.md)
-restarts the first and starts the second from the tasks' per-tensor means of the last iteration (FedAdamW, arXiv
-2510.27486); ``average`` ships and averages both (7 times the result bytes).  Reads top to bottom like CleanRL's ppo.py.
+Adam's moments (``adam_moments``): ``restart`` starts them at zero in every task; ``fedadamw`` (the default:
+fewest CartPole steps over 24 seeds, BENCHMARKS.md) restarts the first and starts the second from the tasks'
+per-tensor means of the last iteration (FedAdamW, arXiv 2510.27486); ``average`` ships and averages both (7 times
+the result bytes).  Reads top to bottom like CleanRL's ppo.py.
 """
 
 from __future__ import annotations
