@@ -30,6 +30,7 @@ STATE_KEYS = tuple(PREFIX + name for name in ("gradient_sq", "trace", "weight"))
 
 
 def initial_state() -> State:
+    """The moving averages before any iteration (the state keys an algorithm adds to its own)."""
     return {key: np.array(0.0) for key in STATE_KEYS}
 
 
@@ -59,6 +60,7 @@ def update(state: State, task_sq_norms: np.ndarray, task_samples: np.ndarray, me
 
 
 def noise_scale(state: State) -> float:
+    """B_noise = tr(Sigma) / |G|^2 from the bias-corrected moving averages in ``state``."""
     weight = float(state["noise_scale_weight"])
     if weight == 0.0:
         return math.nan
