@@ -421,7 +421,8 @@ class PPO:
         change_sq_norms = np.array([task["change_sq_norm"] for task in tasks])
         mean_change = result.means["params_change"]
         new_state, b_noise = noise_scale.update(state, change_sq_norms, samples, mean_change)
-        scale = noise_scale.step_scale(b_noise, float(np.mean(samples)), len(tasks)) if hp.task_scaling == "noise_scale" else 1.0
+        samples_per_task = float(np.mean(samples))  # the valid transitions a task trained on (B_small of the estimate)
+        scale = noise_scale.step_scale(b_noise, samples_per_task, len(tasks)) if hp.task_scaling == "noise_scale" else 1.0
         scaled_change = scale * mean_change
         if hp.outer_momentum > 0:
             buffer = hp.outer_momentum * state["outer_momentum_buffer"] + scaled_change
@@ -454,7 +455,7 @@ class PPO:
         metrics["drift"] = math.sqrt(max(mean_sq_change - float(np.dot(mean_change, mean_change)), 0.0))
         metrics["update_norm"] = float(np.linalg.norm(new_state["params"] - state["params"]))
         metrics["noise_scale"] = b_noise
-        metrics["useful_tasks"] = b_noise / self.samples_per_task
+        metrics["useful_tasks"] = b_noise / samples_per_task
         metrics["step_scale"] = scale
         if hp.carry_episodes:
             new_state = self._carry_over(new_state, tasks, metrics)

@@ -94,10 +94,11 @@ def tree_depth(runs: Sequence[tuple[Config, Algorithm]], driver_limit_bytes: flo
     return max(depths)
 
 
-def check_result_size(runs: Sequence[tuple[Config, Algorithm]], limits: Mapping[str, float], fix: str) -> None:
+def check_result_size(runs: Sequence[tuple[Config, Algorithm]], limits: Mapping[str, float], fix: str) -> float:
     """Refuse, before the first job, models whose task results the driver cannot collect under the smallest of
     ``limits`` (name to bytes): Spark would abort the job or, short of heap, hang without an error.  Each of the
-    tree's last partial results holds one merged result per run it covers."""
+    tree's last partial results holds one merged result per run it covers.  Returns that smallest limit, which
+    ``tree_depth`` sizes the merge tree by."""
     name, limit = min(limits.items(), key=lambda item: item[1])
     total_tasks = sum(config.spark.num_tasks for config, _ in runs)
     fan_in = tree.driver_fan_in(total_tasks, tree_depth(runs, limit))
@@ -113,6 +114,7 @@ def check_result_size(runs: Sequence[tuple[Config, Algorithm]], limits: Mapping[
             f"{collected / 2**20:.0f} MiB per iteration{runs_text}, over {name} ({limit / 2**20:.0f} MiB): use a smaller "
             f"model, {fix}"
         )
+    return limit
 
 
 _BYTE_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30, "t": 2**40, "tb": 2**40, "p": 2**50, "pb": 2**50}

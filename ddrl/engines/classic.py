@@ -43,8 +43,7 @@ class ClassicEngine:
             "spark.driver.maxResultSize": max_result_size or math.inf,  # 0 means unlimited
             f"{DRIVER_HEAP_SHARE:.0%} of the driver's heap": heap * DRIVER_HEAP_SHARE,
         }
-        check_result_size(runs, limits, "a deeper spark.tree_depth, or more spark.driver.memory")
-        self.driver_limit_bytes = min(limits.values())
+        self.driver_limit_bytes = check_result_size(runs, limits, "a deeper spark.tree_depth, or more spark.driver.memory")
 
     def _ship_package(self) -> None:
         """``addPyFile`` the ddrl package unless executors can import it.  The zip lives in Spark's own session

@@ -64,8 +64,7 @@ class ConnectEngine:
         driver_memory = self._conf("spark.driver.memory")  # the heap is out of a Connect client's sight
         if driver_memory:
             limits[f"{DRIVER_HEAP_SHARE:.0%} of spark.driver.memory"] = size_in_bytes(driver_memory) * DRIVER_HEAP_SHARE
-        check_result_size(runs, limits, "or a deeper spark.tree_depth")
-        self.driver_limit_bytes = min(limits.values())
+        self.driver_limit_bytes = check_result_size(runs, limits, "or a deeper spark.tree_depth")
 
     def _conf(self, key: str) -> str | None:
         try:

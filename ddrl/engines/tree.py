@@ -22,8 +22,9 @@ COLLECT_SECONDS_PER_BYTE = 5.2e-3 / 2**20
 SHUFFLE_SECONDS_PER_BYTE = 31.8e-3 / 2**20
 """A reducer of an inner level fetching one result through the shuffle (part 4: 31.8 ms per MB, the highest
 measured; 2.7 to 31.8 in four runs)."""
-COLLECT_SECONDS_PER_TASK = 2.7e-3
-"""The driver's serial cost of each result it takes in, whatever its size (part 4)."""
+DRIVER_SECONDS_PER_TASK = 2.7e-3
+"""The driver's serial cost per task, whatever its bytes: scheduling it, and taking in its result where it
+collects it (part 4's s, an upper bound)."""
 
 
 def levels(num_tasks: int, depth: int) -> list[int]:
@@ -47,7 +48,7 @@ def merge_seconds(num_tasks: int, depth: int, result_bytes: float) -> float:
     the driver's serial collection of the last level."""
     plan = levels(num_tasks, depth)
     inner = sum(STAGE_SECONDS + math.ceil(above / below) * result_bytes * SHUFFLE_SECONDS_PER_BYTE for above, below in zip(plan, plan[1:]))
-    return inner + plan[-1] * (result_bytes * COLLECT_SECONDS_PER_BYTE + COLLECT_SECONDS_PER_TASK)
+    return inner + plan[-1] * (result_bytes * COLLECT_SECONDS_PER_BYTE + DRIVER_SECONDS_PER_TASK)
 
 
 def auto_depth(num_tasks: int, result_bytes: float, driver_limit_bytes: float) -> int:

@@ -123,7 +123,6 @@ class Sizes:
     sweep_budget: int | None = None  # None: the config's budget
     carry_iterations: dict[str, int] = dataclasses.field(  # the first of each is not measured
         default_factory=lambda: {"CartPole PPO": 21, "HalfCheetah PPO": 9, "Breakout PPO": 5})
-    # case: (config, target, max iterations, task counts, seeds, variant name to overrides)
     scaling_law_cases: dict[str, LawCase] = dataclasses.field(
         default_factory=lambda: {
             "CartPole PPO": LawCase("conf/cartpole_ppo.yaml", 475.0, 60, (1, 2, 4, 8, 16, 32), (1, 2, 3), PPO_TASK_SCALING),

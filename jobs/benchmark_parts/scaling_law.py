@@ -97,7 +97,7 @@ def model_overhead(tasks: int, result_bytes: float) -> float:
     """o(N) of a real cluster by the cost model (BENCHMARKS.md part 4): a stage, the driver's serial dispatch and
     the merge at the depth ``auto`` picks (results far below the driver's limit)."""
     depth = tree.auto_depth(tasks, result_bytes, math.inf)
-    return tree.STAGE_SECONDS + tasks * tree.COLLECT_SECONDS_PER_TASK + tree.merge_seconds(tasks, depth, result_bytes)
+    return tree.STAGE_SECONDS + tasks * tree.DRIVER_SECONDS_PER_TASK + tree.merge_seconds(tasks, depth, result_bytes)
 
 
 def _measure(metrics: list[dict[str, Any]], target: float, seed: int, result_bytes: int) -> dict[str, Any]:
