@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# Set up (or reuse) the virtual environment from requirements.txt, then run a ddrl job with spark-submit.
+# Set up (or reuse) the virtual environment from requirements.txt (--test: requirements-test.txt), then run a ddrl job with spark-submit.
 #
 #   ./spark-submit.sh [--master URL] [--ship-env] [other spark-submit options] jobs/JOB.py [job options]
 #   ./spark-submit.sh --test [pytest options]        # the whole test suite, same environment
 #
 # The master defaults to $DDRL_MASTER, else local[*]; any master works: spark://HOST:7077, yarn, k8s://...
-# The venv lives in $DDRL_VENV (default .venv), holds ddrl itself (editable), and is rebuilt whenever
-# requirements.txt or pyproject.toml changes.
+# The venv lives in $DDRL_VENV (default .venv) and holds ddrl itself (editable).  Jobs need requirements.txt (lean:
+# torch, pyspark, gymnasium with MuJoCo); --test adds requirements-test.txt (Atari, MinAtar, EnvPool, MLflow,
+# notebooks, Connect, venv-pack, pytest).  Either is reinstalled whenever it or pyproject.toml changes.
 # Off local mode, the ddrl package is zipped into build/ddrl-package.zip on every run and shipped with --py-files.
-# --ship-env (or DDRL_SHIP_ENV=1) also ships the whole venv (venv-pack, build/ddrl-env.tar.gz, rebuilt when
-# requirements.txt changes) as --archives ...#environment and runs executors' Python from it; without it,
+# --ship-env (or DDRL_SHIP_ENV=1) also ships the whole venv (venv-pack, installed on first use; build/ddrl-env.tar.gz,
+# rebuilt when the venv's requirements change) as --archives ...#environment and runs executors' Python from it; without it,
 # executors run $DDRL_VENV/bin/python, which must then exist at the same path on every worker.
 set -euo pipefail
 
@@ -17,23 +18,30 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 VENV=${DDRL_VENV:-$ROOT/.venv}
 export DDRL_STARTED_AT=${DDRL_STARTED_AT:-$(date +%s.%N)}
 
+# ensure_venv FILE: install FILE (requirements.txt, or requirements-test.txt, which includes it) into the venv
+# unless the venv already holds that set or one that includes it.  The stamp names what was installed last.
+set_hash() { cat "$@" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1; }
 ensure_venv() {
-  local wanted stamp="$VENV/.requirements.sha256"
-  wanted=$(cat "$ROOT/requirements.txt" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)
-  if [[ -x "$VENV/bin/python" && "$(cat "$stamp" 2>/dev/null)" == "$wanted" ]]; then
+  local file=$1 stamp="$VENV/.requirements.sha256" have lean full
+  lean=$(set_hash "$ROOT/requirements.txt")
+  full=$(set_hash "$ROOT/requirements.txt" "$ROOT/requirements-test.txt")
+  have=$(cat "$stamp" 2>/dev/null || true)
+  if [[ -x "$VENV/bin/python" && ( "$have" == "$full" || ( "$have" == "$lean" && "$file" == requirements.txt ) ) ]]; then
     return
   fi
   local python=${DDRL_PYTHON:-$(command -v python3.11 || command -v python3)}
-  echo "ddrl: setting up $VENV from requirements.txt (first run only) ..." >&2
+  echo "ddrl: setting up $VENV from $file (once per change of it) ..." >&2
   [[ -x "$VENV/bin/python" ]] || "$python" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements.txt" >&2
+  # --no-compile: Python writes bytecode for the modules it imports, instead of pip for every module of every
+  # package (225 MB for the first command's set, most of it never imported).
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-compile -r "$ROOT/$file" >&2
   # ddrl itself, editable: `import ddrl` works from any directory with this venv's Python.
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e "$ROOT" >&2
-  echo "$wanted" > "$stamp"
+  if [[ "$file" == requirements.txt ]]; then echo "$lean" > "$stamp"; else echo "$full" > "$stamp"; fi
 }
 
 command -v java >/dev/null || { echo "ddrl: Java 17 is needed for Spark (java not found on PATH)" >&2; exit 1; }
-ensure_venv
+if [[ "${1:-}" == "--test" ]]; then ensure_venv requirements-test.txt; else ensure_venv requirements.txt; fi
 export PYSPARK_PYTHON="$VENV/bin/python"
 export PYSPARK_DRIVER_PYTHON="$VENV/bin/python"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
@@ -90,8 +98,9 @@ build_env_archive() {
     return
   fi
   mkdir -p "$ROOT/build"
-  echo "ddrl: packing $VENV into $archive (once per requirements.txt) ..." >&2
+  echo "ddrl: packing $VENV into $archive (once per set of requirements) ..." >&2
   rm -f "$archive" "$stamp"
+  [[ -x "$VENV/bin/venv-pack" ]] || "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "venv-pack>=0.2" >&2
   "$VENV/bin/venv-pack" --prefix "$VENV" --output "$archive" --compress-level 1 --quiet \
     --exclude 'lib/python*/site-packages/pyspark/jars/*' \
     --exclude 'lib/python*/site-packages/torch/include/*' \

@@ -28,7 +28,7 @@ import pyarrow as pa
 from ddrl import checkpoint, envs
 from ddrl.algorithms import Algorithm
 from ddrl.config import ALGORITHMS, Config
-from ddrl.engines import Engine, Job, Work, engine_for
+from ddrl.engines import Engine, Job, Work, engine_for, guard
 from ddrl.merge import Partial
 from ddrl.policy import Policy
 from ddrl.run import Run
@@ -102,7 +102,8 @@ def step(engine: Engine, loops: Sequence["RunLoop"]) -> None:
         partials, ship_seconds = engine.run(jobs)
     except Exception as error:
         where = f"iteration {loops[0].progress.iteration + 1}" if len(loops) == 1 else f"a job of {len(loops)} runs"
-        raise TrainingError(f"{where}: a task failed after Spark's retries: {_root_cause(error)}") from error
+        reason = guard.explain(error) or f"a task failed after Spark's retries: {_root_cause(error)}"
+        raise TrainingError(f"{where}: {reason}") from error
     tasks_seconds = time.perf_counter() - started - ship_seconds
     for loop, partial in zip(loops, partials):
         loop.complete(partial, ship_seconds, tasks_seconds)

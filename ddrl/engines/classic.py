@@ -15,6 +15,7 @@ from typing import Any, Sequence
 from ddrl.algorithms import Algorithm
 from ddrl.config import Config, ConfigError
 from ddrl.engines import DRIVER_HEAP_SHARE, Job, check_result_size, job_elements, package_archive, size_in_bytes, tree_depth
+from ddrl.engines.guard import guarded
 from ddrl.merge import Partial, merge_by_job
 
 _SHIPPED: set[str] = set()
@@ -66,8 +67,8 @@ class ClassicEngine:
         try:
             merged = (
                 self.spark_context.parallelize(elements, len(elements))
-                .map(lambda element: {element[0]: works[element[0]].run(broadcast.value[element[0]], element[1])})
-                .treeReduce(merge_by_job, depth=tree_depth([(work.config, work.algorithm) for work in works], self.driver_limit_bytes))
+                .map(guarded(lambda element, payloads: {element[0]: works[element[0]].run(payloads.value[element[0]], element[1])}, broadcast))
+                .treeReduce(guarded(merge_by_job), depth=tree_depth([(work.config, work.algorithm) for work in works], self.driver_limit_bytes))
             )
         finally:
             broadcast.destroy()  # the job is over: free the driver's temp file and the executors' copies

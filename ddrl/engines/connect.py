@@ -24,6 +24,7 @@ import pyarrow as pa
 from ddrl.algorithms import Algorithm
 from ddrl.config import Config, ConfigError
 from ddrl.engines import DRIVER_HEAP_SHARE, Job, check_result_size, job_elements, package_archive, size_in_bytes, tree, tree_depth
+from ddrl.engines.guard import guarded
 from ddrl.engines.work import Work
 from ddrl.merge import Partial, decode_partial, encode_partial, merge_by_job
 
@@ -88,11 +89,11 @@ class ConnectEngine:
         elements = job_elements(jobs)
         groups = tree.driver_fan_in(len(elements), tree_depth([(job.work.config, job.work.algorithm) for job in jobs], self.driver_limit_bytes))
         runner = _task_runner([job.work for job in jobs], [dict(job.shipped) for job in jobs], elements, groups)
-        results = self.spark.range(0, len(elements), 1, numPartitions=len(elements)).mapInArrow(runner, _RESULT_DDL)
+        results = self.spark.range(0, len(elements), 1, numPartitions=len(elements)).mapInArrow(guarded(runner), _RESULT_DDL)
         if groups < len(elements):
             # repartition by group first, so that the grouped merge reuses that shuffle's partitions instead of
             # spark.sql.shuffle.partitions (200 by default) mostly empty ones
-            results = results.repartition(groups, "group").groupBy("job", "group").applyInArrow(_merge_group, _RESULT_DDL)
+            results = results.repartition(groups, "group").groupBy("job", "group").applyInArrow(guarded(_merge_group), _RESULT_DDL)
         ship_seconds = time.perf_counter() - timer
         table = results.toArrow()
         rows = zip(table.column("job").to_pylist(), table.column("partial").to_pylist())

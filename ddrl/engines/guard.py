@@ -1,0 +1,58 @@
+"""What a task runs first on an executor, before anything of ddrl is imported there.
+
+An executor whose Python lacks ddrl's requirements (``PYSPARK_PYTHON`` unset, so Spark ran the system
+``python3``; a cluster without the libraries) fails while unpickling the task, deep in a Java stack trace that
+ends in "No module named 'torch'".  ``guarded`` wraps the task in a function that cloudpickle ships by value
+(a closure over the pickled task), so it runs with nothing but the standard library and pyspark: it unpickles
+and runs the task, and turns an ``ImportError`` into a marked line naming the module and the executor's
+``sys.executable``.  ``explain`` finds that line in the error the driver receives and says what to do.
+No probe job: the check costs nothing until a task fails.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Any, Callable
+
+_MARKER = "ddrl-executor-import-failure"
+_MARKED = re.compile(_MARKER + r" module=(?P<module>\S+) python=(?P<python>.+?) \| ")
+
+
+def guarded(task: Callable[..., Any], *spark_pickled: Any) -> Callable[..., Any]:
+    """``task`` for Spark to ship, taking the same arguments followed by ``spark_pickled`` and returning the same
+    result (an iterator's items are gathered on the executor).  ``spark_pickled`` holds what only Spark's own
+    pickling of the function may carry, such as a ``Broadcast``, whose pickling registers it with the job."""
+    from pyspark import cloudpickle
+
+    task_bytes = cloudpickle.dumps(task)
+
+    def run_guarded(*args: Any) -> Any:
+        import sys as executor_sys
+
+        try:
+            from pyspark import cloudpickle as executor_cloudpickle
+
+            result = executor_cloudpickle.loads(task_bytes)(*args, *spark_pickled)
+            return iter(list(result)) if hasattr(result, "__next__") else result
+        except ImportError as error:
+            module = (error.name or str(error)).split(".")[0].replace(" ", "_")
+            raise RuntimeError(
+                f"ddrl-executor-import-failure module={module} python={executor_sys.executable} | {error}"
+            ) from None
+
+    return run_guarded
+
+
+def explain(error: BaseException) -> str | None:
+    """The one-line reason for a job that failed because executors could not import something, else None."""
+    found = _MARKED.search(str(error))
+    if found is None:
+        return None
+    module, python = found["module"], found["python"]
+    return (
+        f"the executors' Python ({python}) cannot import {module!r}: run executors on a Python with ddrl's "
+        f"requirements, e.g. PYSPARK_PYTHON={sys.executable} (./spark-submit.sh sets it; Spark Connect servers and "
+        "notebooks' local sessions take it from their own environment), install them on the cluster (%pip install "
+        "in a Databricks notebook, or cluster libraries), or ship this venv with ./spark-submit.sh --ship-env"
+    )
