@@ -126,7 +126,7 @@ def plot_runs(
     return save_figure(learning_curve(run_dirs, labels, title), Path(out), dpi)
 
 
-def sweep_curves(table: pa.Table, best: str, title: str | None = None) -> Any:
+def sweep_curves(table: pa.Table, best: str | None, title: str | None = None) -> Any:
     """A matplotlib Figure of a sweep table (``ddrl.sweeps.report``): every trial's evaluations against env steps
     and against wall time, thin, and the ``best`` trial thick and named."""
     from matplotlib.figure import Figure
@@ -152,7 +152,7 @@ def sweep_curves(table: pa.Table, best: str, title: str | None = None) -> Any:
     return figure
 
 
-def plot_sweep(table: pa.Table, best: str, out: str | Path, title: str | None = None, dpi: int = 100) -> Path:
+def plot_sweep(table: pa.Table, best: str | None, out: str | Path, title: str | None = None, dpi: int = 100) -> Path:
     """Write ``sweep_curves`` to ``out`` (PNG); returns the path."""
     return save_figure(sweep_curves(table, best, title), Path(out), dpi)
 

@@ -233,6 +233,20 @@ class MlflowObserver(_Guarded):
         step = int(metrics.get("env_steps", iteration))
         mlflow.log_metrics(values, step=step, run_id=self.run_id, synchronous=False)
 
+    def on_failure(self, reason: str) -> None:
+        """A sweep's trial failed: tag its run with the reason and end it as FAILED."""
+        if self.run_id is None:
+            return
+        self._guard("on_failure", self._fail, reason)
+        if self.owns_run:
+            _end_runs("FAILED", self.run_id)
+
+    def _fail(self, reason: str) -> None:
+        import mlflow
+
+        mlflow.flush_async_logging()
+        mlflow.MlflowClient().set_tag(self.run_id, "ddrl.failure", reason[:5000])
+
     def _finish(self, result: "TrainResult") -> None:
         import mlflow
 
@@ -283,10 +297,11 @@ class SweepMlflow(_Guarded):
         but no served model (a torch.export per trial would cost seconds each); the parent holds the best one's."""
         return MlflowObserver(log_model=False, parent_run_id=self.run_id) if self.run_id is not None and not self.failed else None
 
-    def end(self, metrics: Mapping[str, float], artifacts: list[Path], best_policy_dir: Path) -> None:
-        """Log the sweep's figures, its files, and the best trial's policy (as ``best_policy/``)."""
+    def end(self, metrics: Mapping[str, float], artifacts: list[Path], best_policy_dir: Path | None, failed: bool = False) -> None:
+        """Log the sweep's figures, its files, and the best trial's policy (as ``best_policy/``); ``failed``: every
+        trial failed, and the parent run ends as FAILED."""
         if self.run_id is not None:
-            self._guard("end", self._end, metrics, artifacts, best_policy_dir)
+            self._guard("end", self._end, metrics, artifacts, best_policy_dir, failed)
 
     def _start(self, directory: Path, params: Mapping[str, Any]) -> None:
         import mlflow
@@ -305,16 +320,17 @@ class SweepMlflow(_Guarded):
         mlflow.MlflowClient().set_tag(self.run_id, "ddrl.sweep_dir", str(directory))
         record_path.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": mlflow.get_tracking_uri()}, indent=2) + "\n")
 
-    def _end(self, metrics: Mapping[str, float], artifacts: list[Path], best_policy_dir: Path) -> None:
+    def _end(self, metrics: Mapping[str, float], artifacts: list[Path], best_policy_dir: Path | None, failed: bool) -> None:
         import mlflow
 
         mlflow.log_metrics({key: float(value) for key, value in metrics.items() if _finite(value)}, run_id=self.run_id)
         client = mlflow.MlflowClient()
         for path in artifacts:
             client.log_artifact(self.run_id, str(path))
-        client.log_artifacts(self.run_id, str(best_policy_dir), "best_policy")
+        if best_policy_dir is not None:
+            client.log_artifacts(self.run_id, str(best_policy_dir), "best_policy")
         if self.owns_run:
-            _end_runs("FINISHED", self.run_id)
+            _end_runs("FAILED" if failed else "FINISHED", self.run_id)
 
 
 def _recorded_run_id(record_path: Path) -> str | None:

@@ -42,6 +42,19 @@ class TrainingError(RuntimeError):
     """Training stopped: a task kept failing, or every task's result was rejected."""
 
 
+class JobFailed(TrainingError):
+    """A task of the job kept failing after Spark's retries; in a job of several runs, whose task is unknown."""
+
+
+class ResultsRejected(TrainingError):
+    """Every task's result of some runs of the job was rejected (NaN or Inf); the job's other runs went on."""
+
+    def __init__(self, message: str, failed: Mapping["RunLoop", str]) -> None:
+        super().__init__(message)
+        self.failed = dict(failed)
+        """Each run whose iteration was rejected, with the reason."""
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
     """What ``train`` returns: the final policy, where the run lives, and how it went."""
@@ -95,7 +108,10 @@ def train(
 
 
 def step(engine: Engine, loops: Sequence["RunLoop"]) -> None:
-    """One Spark job that runs the next iteration of every loop in ``loops``, each merged on its own."""
+    """One Spark job that runs the next iteration of every loop in ``loops``, each merged on its own.
+
+    ``JobFailed`` when a task kept failing (no loop advanced); ``ResultsRejected`` after every loop whose result
+    was usable advanced, naming those whose every task's result was rejected."""
     started = time.perf_counter()
     jobs = [loop.next_job() for loop in loops]
     try:
@@ -103,10 +119,16 @@ def step(engine: Engine, loops: Sequence["RunLoop"]) -> None:
     except Exception as error:
         where = f"iteration {loops[0].progress.iteration + 1}" if len(loops) == 1 else f"a job of {len(loops)} runs"
         reason = guard.explain(error) or f"a task failed after Spark's retries: {_root_cause(error)}"
-        raise TrainingError(f"{where}: {reason}") from error
+        raise JobFailed(f"{where}: {reason}") from error
     tasks_seconds = time.perf_counter() - started - ship_seconds
+    rejected: dict[RunLoop, str] = {}
     for loop, partial in zip(loops, partials):
-        loop.complete(partial, ship_seconds, tasks_seconds)
+        try:
+            loop.complete(partial, ship_seconds, tasks_seconds)
+        except ResultsRejected as error:
+            rejected.update(error.failed)
+    if rejected:
+        raise ResultsRejected(next(iter(rejected.values())), rejected)
 
 
 def evaluation_seeds(run_seed: int, iteration: int, episodes: int, stream: Stream = Stream.EVALUATION) -> list[int]:
@@ -273,7 +295,8 @@ class RunLoop:
         for index, reason in result.rejected.items():
             log.warning("iteration %d: rejected the result of task %d: %s", iteration + 1, index, reason)
         if not result.tasks:
-            raise TrainingError(f"iteration {iteration + 1}: every task's result was rejected ({next(iter(result.rejected.values()))})")
+            message = f"iteration {iteration + 1}: every task's result was rejected ({next(iter(result.rejected.values()))})"
+            raise ResultsRejected(message, {self: message})
         state, algorithm_metrics = self.algorithm.apply(state, result, iteration)
 
         env_steps = int(sum(task["env_steps"] for task in result.tasks))

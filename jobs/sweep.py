@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     spark = build_connect_session(args.remote, args.verbose) if args.remote else build_spark_session(f"{sweep_plan.base.name}-sweep", args.verbose)
     try:
         result = ddrl.sweep(spark, sweep_plan)
+    except driver.SweepFailed as error:
+        print(f"ddrl: sweep failed: {error}", file=sys.stderr)
+        return 1
     except ddrl.TrainingError as error:
         print(f"ddrl: sweep stopped: {error}. Continue with --resume {sweep_plan.directory}", file=sys.stderr)
         return 1

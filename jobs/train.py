@@ -6,12 +6,15 @@ exit code 2.  Prints one progress line per iteration, then the final evaluation,
 
 from __future__ import annotations
 
+import time
+
+PYTHON_STARTED = time.time()  # before the imports, which are a phase of --timings
+
 import argparse
 import logging
 import math
 import os
 import sys
-import time
 import warnings
 
 import ddrl
@@ -29,10 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--remote", metavar="URL", help="train on a Spark Connect server (sc://HOST:PORT), or on one this "
                         "process starts (local[N]); default: a classic session")
     parser.add_argument("--verbose", action="store_true", help="show Spark's own log lines")
+    parser.add_argument("--timings", action="store_true", help="end with where the process's time went outside the iterations")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
     logging.getLogger("py4j").setLevel(logging.WARNING)
 
+    marks = {"launch": STARTED_AT, "python": PYTHON_STARTED, "imports": time.time()}
     try:
         run = Run.open(args.config, args.set, args.run_dir, args.resume)
     except ddrl.ConfigError as error:
@@ -43,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         print("ddrl: --remote: run jobs/train.py with the venv's Python (.venv/bin/python jobs/train.py --remote ...), "
               "not through spark-submit, which starts a classic driver", file=sys.stderr)
         return 2
+    marks["run"] = time.time()
     spark = build_connect_session(args.remote, args.verbose) if args.remote else build_spark_session(run.config.name, args.verbose)
+    marks["session"] = time.time()
     try:
         result = ddrl.train(spark, run)
     except ddrl.TrainingError as error:
@@ -54,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ddrl: {error}", file=sys.stderr)
         return 2
     finally:
+        marks["trained"] = time.time()
         spark.stop()
+        marks["stopped"] = time.time()
 
     verdict = "solved" if result.solved else "not solved"
     print(f"final evaluation: {result.eval_return_mean:.1f} +- {result.eval_return_std:.1f} over "
@@ -65,8 +74,32 @@ def main(argv: list[str] | None = None) -> int:
               f"this run had {run.config.spark.num_tasks}): more tasks than that add samples per iteration but barely cut "
               "the iterations to the target (README, Choosing the number of tasks)")
     print(f"wall time: {time.time() - STARTED_AT:.1f} s, whole process")
+    if args.timings:
+        print(fixed_time_line(marks, result))
     print(f"run directory: {result.run_dir}")
     return 0
+
+
+def fixed_time_line(marks: dict[str, float], result: ddrl.TrainResult) -> str:
+    """One line: the process's seconds outside the iterations, phase by phase (the JVM's own exit comes after)."""
+    iteration_s = result.metrics.column("iteration_s").to_pylist()
+    wall_s = result.metrics.column("wall_s").to_pylist()
+    later = sorted(iteration_s[1:])[len(iteration_s[1:]) // 2] if len(iteration_s) > 1 else 0.0
+    phases = {
+        "launch to Python (script, spark-submit's JVM)": marks["python"] - marks["launch"],
+        "imports": marks["imports"] - marks["python"],
+        "config and env check": marks["run"] - marks["imports"],
+        "Spark session": marks["session"] - marks["run"],
+        "before iteration 1": wall_s[0] - iteration_s[0],
+        "first job beyond a later iteration": iteration_s[0] - later,
+        "final evaluation, policy, observers": result.wall_seconds - wall_s[-1],
+        "Spark stop": marks["stopped"] - marks["trained"],
+    }
+    # outside the iterations: the whole process less every iteration at a later iteration's time
+    outside = marks["stopped"] - marks["launch"] - sum(iteration_s) + iteration_s[0] - later
+    phases["other"] = outside - sum(phases.values())
+    listed = ", ".join(f"{name} {seconds:.2f}" for name, seconds in phases.items())
+    return f"fixed time: {outside:.2f} s outside the iterations ({listed}; in s)"
 
 
 def build_spark_session(name: str, verbose: bool):

@@ -48,6 +48,24 @@ class NaNRewardCartPole(CartPoleEnv):
         return observation, reward, terminated, truncated, info
 
 
+class BrokenCartPole(CartPoleEnv):
+    """Inside every Spark task and on every attempt, raises in ``step`` (``fail``) or returns NaN rewards (``nan``),
+    whatever the partition, so a sweep's trial fails the same in a shared job and alone; the driver's env check
+    runs clean."""
+
+    def __init__(self, fail: bool = False, nan: bool = False, render_mode: str | None = None):
+        super().__init__(render_mode=render_mode)
+        self.fail, self.nan = fail, nan
+
+    def step(self, action):
+        observation, reward, terminated, truncated, info = super().step(action)
+        if TaskContext.get() is not None and self.fail:
+            raise RuntimeError("injected failure in every task")
+        if TaskContext.get() is not None and self.nan:
+            reward = math.nan
+        return observation, reward, terminated, truncated, info
+
+
 # ---- process-level faults and faults switched from outside the config (tests/test_faults.py,
 # tests/test_cluster_faults.py) ------------------------------------------------------------------------------
 

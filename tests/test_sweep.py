@@ -264,3 +264,46 @@ def test_pbt_perturbs_what_the_config_allows_and_draws_from_the_sweep_seed(tmp_p
     assert exploit_and_explore(scores, configs, pbt, keys, 7, 0) == [exploit]
     es = config_module.load({"name": "es", "algo": "es", "env": {"id": "CartPole-v1"}, "train": {"total_env_steps": 1000}, "es": {"num_directions": 4}})
     assert perturbed_keys(es, pbt) == ["es.learning_rate", "es.sigma"]
+
+
+BROKEN_ENV = {"id": "faulty_envs:BrokenCartPole", "num_envs": 4, "max_episode_steps": 500}
+
+
+@pytest.mark.parametrize("fault, reason", [("fail", "injected failure in every task"), ("nan", "every task's result was rejected")])
+def test_a_failing_trial_ends_failed_and_the_others_go_on_as_without_it(spark, tmp_path, fault, reason):
+    config = _config(tmp_path)
+    config["env"] = BROKEN_ENV
+    faulty = ddrl.sweep(spark, config, out=tmp_path / "faulty", track=True, grid={f"env.kwargs.{fault}": [False, True]}, seeds=2)
+    clean = ddrl.sweep(spark, config, out=tmp_path / "clean", track=False, grid={f"env.kwargs.{fault}": [False]}, seeds=2)
+
+    assert [(t.values[f"env.kwargs.{fault}"], t.status) for t in faulty.trials] == [(False, "finished")] * 2 + [(True, "failed")] * 2
+    for trial in faulty.trials[2:]:
+        assert reason in trial.reason and "\n" not in trial.reason and f"{trial.name} failed: " in faulty.summary
+        assert json.loads((trial.run_dir / "result.json").read_text())["status"] == "failed"
+    assert faulty.best.name in ("trial-000", "trial-001")
+    for finished, alone in zip(faulty.trials[:2], clean.trials):  # bit-identical to the sweep without the failing trials
+        assert np.array_equal(final_params(finished.run_dir), final_params(alone.run_dir))
+    rows = pq.read_table(faulty.directory / "sweep.parquet").to_pylist()
+    assert {row["reason"] for row in rows if row["trial"] in ("trial-002", "trial-003")} == {faulty.trials[2].reason, faulty.trials[3].reason}
+
+    resumed = ddrl.sweep(spark, None, resume=faulty.directory, track=False)  # failed trials stay failed, nothing reruns
+    assert [(t.status, t.reason) for t in resumed.trials] == [(t.status, t.reason) for t in faulty.trials]
+
+
+def test_a_sweep_whose_every_trial_fails_stops_with_one_line(spark, tmp_path):
+    config = _config(tmp_path)
+    config["env"] = {**BROKEN_ENV, "kwargs": {"fail": True}}
+    with pytest.raises(driver.SweepFailed, match="every trial failed") as raised:
+        ddrl.sweep(spark, config, out=tmp_path / "sweep", track=False, seeds=2)
+    assert "\n" not in str(raised.value) and "injected failure" in str(raised.value)
+    assert "best: none, every trial failed" in (tmp_path / "sweep" / "summary.txt").read_text()
+
+
+def test_pbt_never_copies_from_a_failed_trial(spark, tmp_path):
+    config = _config(tmp_path, PBT_STEPS)
+    config["env"] = BROKEN_ENV
+    result = ddrl.sweep(spark, config, out=tmp_path / "pbt", track=False, grid={"env.kwargs.nan": [True, False]}, seeds=2, pbt={"interval": 2})
+    failed = {t.name for t in result.trials if t.status == "failed"}
+    assert failed == {"trial-000", "trial-001"}
+    state = json.loads((result.directory / "state.json").read_text())
+    assert state["generations"] and all(e["donor"] not in failed for g in state["generations"] for e in g["exploits"])

@@ -225,3 +225,16 @@ def test_a_sweep_logs_a_parent_run_with_a_child_run_per_trial(spark, tmp_path, m
         assert child.data.params["ppo.learning_rate"] in ("0.001", "0.003")
         assert len(mlflow_store.get_metric_history(child.info.run_id, "eval_return_mean")) == 2
         assert json.loads((tmp_path / "sweep" / "trials" / child.info.run_name / tracking.MLFLOW_RUN_FILE).read_text())["run_id"] == child.info.run_id
+
+
+def test_a_failed_trial_ends_its_child_run_failed_with_the_reason(spark, tmp_path, mlflow_store):
+    config = small_ppo_config(tmp_path, env={"id": "faulty_envs:BrokenCartPole", "num_envs": 4, "max_episode_steps": 500},
+                              train={"total_env_steps": 2 * 4 * 64 * 2})
+    result = ddrl.sweep(spark, config, grid={"env.kwargs.nan": [False, True]}, out=tmp_path / "sweep")
+    parent_id = json.loads((tmp_path / "sweep" / tracking.MLFLOW_RUN_FILE).read_text())["run_id"]
+    parent = mlflow_store.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials_failed"] == 1
+    children = {child.info.run_name: child for child in mlflow_store.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")}
+    assert children["trial-000"].info.status == "FINISHED" and children["trial-001"].info.status == "FAILED"
+    assert children["trial-001"].data.tags["ddrl.failure"] == result.trials[1].reason
+    assert "every task's result was rejected" in result.trials[1].reason

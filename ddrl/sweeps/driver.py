@@ -25,6 +25,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -38,7 +39,7 @@ from ddrl.engines import Engine, engine_for
 from ddrl.run import CONFIG_FILE, POLICY_DIR, Run
 from ddrl.sweeps import report, schedulers
 from ddrl.sweeps.spec import SweepSpec, Trial, load_spec, perturbed_keys, plan, trial_config
-from ddrl.trainer import RunLoop, TrainResult, step
+from ddrl.trainer import JobFailed, ResultsRejected, RunLoop, TrainingError, TrainResult, step
 from ddrl.tracking import LearningCurveObserver, SweepMlflow, flatten, mlflow_enabled
 
 log = logging.getLogger("ddrl")
@@ -49,9 +50,14 @@ TRIALS_DIR = "trials"
 RESULT_FILE = "result.json"
 
 
+class SweepFailed(TrainingError):
+    """Every trial of the sweep failed (each one's reason is in its result.json and the summary)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class TrialOutcome:
-    """How a trial ended: ``finished`` (its budget or its target) or ``stopped`` (by successive halving)."""
+    """How a trial ended: ``finished`` (its budget or its target), ``stopped`` (by successive halving) or
+    ``failed`` (a task that kept failing, or an iteration whose every task's result was rejected)."""
 
     name: str
     values: dict[str, Any]
@@ -64,6 +70,8 @@ class TrialOutcome:
     iterations: int
     solved: bool
     run_dir: Path
+    reason: str | None = None
+    """Why a failed trial failed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +81,7 @@ class SweepResult:
     directory: Path
     trials: list[TrialOutcome]
     best: TrialOutcome
-    """The trial with the highest final evaluation (``best.run_dir``/policy, ``ddrl.load_policy``)."""
+    """The trial with the highest final evaluation (``best.run_dir``/policy, ``ddrl.load_policy``), failed ones aside."""
     table: pa.Table
     """One row per trial and iteration (also SWEEP_DIR/sweep.parquet)."""
     summary: str
@@ -199,10 +207,26 @@ class _Sweep:
             if ready:
                 size = self.spec.trials_per_job or len(ready)
                 for start in range(0, len(ready), size):
-                    step(self.engine, ready[start : start + size])
+                    for loop, reason in self._step(ready[start : start + size]).items():
+                        outcomes[loop.run.directory.name] = self._fail(loops.pop(loop.run.directory.name), reason)
             elif loops:
                 self._barrier(loops, outcomes)
         return self._report([outcomes[name] for name in self.trials])
+
+    def _step(self, group: list[RunLoop]) -> dict[RunLoop, str]:
+        """One iteration of every trial in ``group``; the trials that failed in it, with the reason.  A job that
+        failed is run again trial by trial, to find whose task it was: tasks are pure functions of what they are
+        shipped, so the others' iterations come out as they would have in the shared job."""
+        try:
+            step(self.engine, group)
+        except ResultsRejected as error:
+            return error.failed
+        except JobFailed as error:
+            if len(group) == 1:
+                return {group[0]: str(error)}
+            log.warning("sweep: a job of %d trials failed (%s); running them one by one", len(group), error)
+            return {loop: reason for single in group for loop, reason in self._step([single]).items()}
+        return {}
 
     # ---- barriers -----------------------------------------------------------------------------------------
     def _waiting(self, loop: RunLoop, live: int) -> bool:
@@ -290,6 +314,19 @@ class _Sweep:
                  result.eval_return_mean, result.eval_return_std)
         return self._outcome(loop.run.directory, loop.config, record)
 
+    def _fail(self, loop: RunLoop, reason: str) -> TrialOutcome:
+        """Record a failed trial (its checkpoints stay as they were, none holds a rejected result) in result.json."""
+        name = loop.run.directory.name
+        record = {"status": "failed", "eval_return_mean": math.nan, "eval_return_std": math.nan, "best_eval_return": None,
+                  "env_steps": loop.progress.env_steps, "iterations": loop.progress.iteration, "solved": False, "reason": reason}
+        text = json.dumps(record, indent=2)
+        checkpoint.atomic_write(loop.run.directory / RESULT_FILE, lambda path: path.write_text(text))
+        for observer in loop.observers:
+            if hasattr(observer, "on_failure"):
+                observer.on_failure(reason)
+        log.warning("sweep: %s failed after %d env steps: %s", name, loop.progress.env_steps, reason)
+        return self._outcome(loop.run.directory, loop.config, record)
+
     def _read_outcome(self, name: str) -> TrialOutcome | None:
         """The outcome of a trial an earlier process finished (its result.json), None for one still to run."""
         run_dir = self.directory / TRIALS_DIR / name
@@ -312,11 +349,17 @@ class _Sweep:
 
     def _report(self, outcomes: list[TrialOutcome]) -> SweepResult:
         table = report.sweep_table(self.directory / TRIALS_DIR, self.trials.values(), outcomes, self.state["generations"], self.keys)
-        best = max(outcomes, key=lambda outcome: (outcome.eval_return_mean, -self.trials[outcome.name].index))
+        ended = [outcome for outcome in outcomes if outcome.status != "failed"]
+        best = max(ended, key=lambda outcome: (outcome.eval_return_mean, -self.trials[outcome.name].index), default=None)
         wall_seconds = time.perf_counter() - self.started
         summary = report.summary(self.directory, self._scheduler_text(), outcomes, best, wall_seconds)
-        artifacts = report.write(self.directory, table, summary, best.name)
+        artifacts = report.write(self.directory, table, summary, best.name if best is not None else None)
+        failed = len(outcomes) - len(ended)
         if self.mlflow is not None:
-            metrics = {"best_eval_return_mean": best.eval_return_mean, "trials": len(outcomes), "wall_seconds": wall_seconds}
-            self.mlflow.end(metrics, artifacts, best.run_dir / POLICY_DIR)
+            metrics = {"trials": len(outcomes), "trials_failed": failed, "wall_seconds": wall_seconds}
+            if best is not None:
+                metrics["best_eval_return_mean"] = best.eval_return_mean
+            self.mlflow.end(metrics, artifacts, best.run_dir / POLICY_DIR if best is not None else None, failed=best is None)
+        if best is None:
+            raise SweepFailed(f"every trial failed ({self.directory / report.SUMMARY_FILE}); {outcomes[0].name}: {outcomes[0].reason}")
         return SweepResult(self.directory, outcomes, best, table, summary, wall_seconds)

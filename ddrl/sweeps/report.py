@@ -43,42 +43,48 @@ def tracked_values(config_data: dict[str, Any], keys: Sequence[str]) -> dict[str
 
 def sweep_table(trial_dirs: Path, trials: Iterable["Trial"], outcomes: Sequence["TrialOutcome"],
                 generations: list[dict[str, Any]], keys: Sequence[str]) -> pa.Table:
-    """One row per trial and iteration: the trial, its status, the values of ``keys`` (the swept and perturbed
+    """One row per trial and iteration (iteration 0 for one that has none): the trial, its status (and a failed
+    trial's reason), the values of ``keys`` (the swept and perturbed
     hyperparameters, the seed) in force during that iteration, the PBT parent whose state it last took, and
     its metrics."""
     status = {outcome.name: outcome.status for outcome in outcomes}
+    reasons = {outcome.name: outcome.reason for outcome in outcomes}
     rows: list[dict[str, Any]] = []
     for trial in trials:
         lineage = [(generation["iteration"], exploit["donor"], exploit["hyperparameters"])
                    for generation in generations for exploit in generation["exploits"]
                    if exploit["recipient"] == trial.name and exploit["applied"]]
         initial = tracked_values(trial.config.to_dict(), keys)
-        for row in read_metrics(trial_dirs / trial.name).to_pylist():
+        # a trial that failed in its first iteration still gets a row (iteration 0), for its status and reason
+        for row in read_metrics(trial_dirs / trial.name).to_pylist() or [{"iteration": 0}]:
             values, parent = initial, None
             for since, donor, changed in lineage:
                 if since < row["iteration"]:
                     values, parent = changed, donor
-            rows.append({"trial": trial.name, "status": status.get(trial.name, "running"), "iteration": row["iteration"],
+            rows.append({"trial": trial.name, "status": status.get(trial.name, "running"), "reason": reasons.get(trial.name), "iteration": row["iteration"],
                          **values, "parent": parent, **{name: row.get(name, math.nan) for name in METRICS}})
     return pa.Table.from_pylist(rows)
 
 
-def summary(directory: Path, scheduler: str, outcomes: Sequence["TrialOutcome"], best: "TrialOutcome", wall_seconds: float) -> str:
-    """The trials ranked by final evaluation, as printed at the end of a sweep."""
+def summary(directory: Path, scheduler: str, outcomes: Sequence["TrialOutcome"], best: "TrialOutcome | None", wall_seconds: float) -> str:
+    """The trials ranked by final evaluation (failed ones last, with their reasons), as printed at the end of a sweep."""
     keys = list(dict.fromkeys(key for outcome in outcomes for key in outcome.values))
     header = ["rank", "trial", *keys, "status", "env steps", "final eval", "best eval"]
-    ranked = sorted(outcomes, key=lambda outcome: -outcome.eval_return_mean)
+    ranked = sorted(outcomes, key=lambda outcome: (outcome.status == "failed", -outcome.eval_return_mean if outcome.status != "failed" else 0.0))
     lines = [[str(rank), outcome.name, *(_cell(outcome.values.get(key)) for key in keys), outcome.status, str(outcome.env_steps),
-              f"{outcome.eval_return_mean:.1f} +- {outcome.eval_return_std:.1f}", _cell(outcome.best_eval_return)]
+              "-" if outcome.status == "failed" else f"{outcome.eval_return_mean:.1f} +- {outcome.eval_return_std:.1f}",
+              _cell(outcome.best_eval_return)]
              for rank, outcome in enumerate(ranked, 1)]
     widths = [max(len(row[column]) for row in [header, *lines]) for column in range(len(header))]
     table = "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *lines])
-    return (f"sweep {directory}: {len(outcomes)} trials, {scheduler}, {wall_seconds:.1f} s\n{table}\n"
-            f"best: {best.name} ({', '.join(f'{key}={_cell(value)}' for key, value in best.values.items())}), "
-            f"final evaluation {best.eval_return_mean:.1f} +- {best.eval_return_std:.1f}; policy in {best.run_dir / POLICY_DIR}\n")
+    failures = "".join(f"{outcome.name} failed: {outcome.reason}\n" for outcome in ranked if outcome.status == "failed")
+    verdict = "best: none, every trial failed\n" if best is None else (
+        f"best: {best.name} ({', '.join(f'{key}={_cell(value)}' for key, value in best.values.items())}), "
+        f"final evaluation {best.eval_return_mean:.1f} +- {best.eval_return_std:.1f}; policy in {best.run_dir / POLICY_DIR}\n")
+    return f"sweep {directory}: {len(outcomes)} trials, {scheduler}, {wall_seconds:.1f} s\n{table}\n{failures}{verdict}"
 
 
-def write(directory: Path, table: pa.Table, summary_text: str, best: str) -> list[Path]:
+def write(directory: Path, table: pa.Table, summary_text: str, best: str | None) -> list[Path]:
     """Write the sweep table, the plot (when matplotlib is there) and the summary; the paths written."""
     paths = [directory / TABLE_FILE, directory / SUMMARY_FILE]
     checkpoint.atomic_write(paths[0], lambda path: pq.write_table(table, path))
