@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-import importlib.util
 import re
 from typing import Any, Callable, Literal, Sequence
 
@@ -13,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
-from ddrl import spaces
+from ddrl import extras, spaces
 from ddrl.config import ConfigError, EnvConfig, EnvPoolConfig
 from ddrl.spaces import ActionSpec, ObservationPart, ObservationSpec
 
@@ -217,8 +216,7 @@ def _make_envpool(config: EnvPoolConfig, num_envs: int, seed: int) -> gym.vector
 def _check_envpool(env: EnvConfig, observation_space: gym.Space, action_space: gym.Space) -> None:
     """Refuse an ``env.envpool`` that cannot be made, or whose spaces differ from the gymnasium training env's."""
     assert env.envpool is not None
-    if importlib.util.find_spec("envpool") is None:
-        raise ConfigError("env.envpool: needs the envpool package (pip install envpool)")
+    extras.require("envpool", "env.envpool")
     try:
         pool = _make_envpool(env.envpool, 1, 0)
     except Exception as error:  # EnvPool raises plain errors for unknown ids and options
@@ -317,6 +315,8 @@ def _registered_id(env_id: str) -> str:
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
+        if error.name is not None and error.name.split(".")[0] in extras.EXTRAS:
+            raise ConfigError(extras.missing(error.name, f"env.id {env_id}")) from None
         raise ConfigError(f"env.id: cannot import module {module_name!r}: {error}") from None
     if class_name in gym.registry:  # 'ale_py:ALE/Breakout-v5': a module whose import registers the id
         return class_name

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from ddrl import extras
 from ddrl.config import Config
 from ddrl.plots import CURVE_FILE, plot_runs
 from ddrl.policy import load_policy
@@ -48,6 +49,8 @@ def default_observers(config: Config | None = None) -> list[Any]:
     observers: list[Any] = []
     if importlib.util.find_spec("matplotlib") is not None:
         observers.append(LearningCurveObserver())
+    else:
+        log.info("no learning curve PNG: %s", extras.missing("matplotlib", "the learning curve"))
     if mlflow_enabled():
         observers.append(MlflowObserver())
     return observers
@@ -62,7 +65,7 @@ def mlflow_enabled(environ: Mapping[str, str] | None = None) -> bool:
         return False
     if forced in ("1", "true", "yes", "on"):
         if not importable:
-            log.warning("DDRL_MLFLOW=%s but mlflow is not installed: no MLflow tracking", forced)
+            log.warning("no MLflow tracking: %s", extras.missing("mlflow", f"DDRL_MLFLOW={forced}"))
         return importable
     return importable and bool(environ.get("MLFLOW_TRACKING_URI") or environ.get("DATABRICKS_RUNTIME_VERSION"))
 

@@ -11,10 +11,11 @@ import argparse
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 
 import ddrl
-from ddrl import config as config_module
+from ddrl import config as config_module, extras
 from ddrl.envs import evaluate
 from ddrl.run import CONFIG_FILE
 
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_module.load(args.run_dir / CONFIG_FILE)
         policy = ddrl.load_policy(args.run_dir, best=args.best)
+        if args.gif is not None:
+            extras.require("PIL", "--gif")
     except (ddrl.ConfigError, FileNotFoundError) as error:
         print(f"ddrl: {error}", file=sys.stderr)
         return 2
@@ -40,9 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{config.env.id}: return {returns.mean():.1f} +- {returns.std():.1f} over {args.episodes} episodes "
           f"(mean length {lengths.mean():.0f})")
     if args.gif is not None:
-        episode_return, length, frames = record_gif(
-            policy.act, config.env, args.gif, args.seed, every=args.gif_every, width=args.gif_width, fps=args.gif_fps
-        )
+        try:
+            episode_return, length, frames = record_gif(
+                policy.act, config.env, args.gif, args.seed, every=args.gif_every, width=args.gif_width, fps=args.gif_fps
+            )
+        except gym.error.DependencyNotInstalled as error:  # classic-control envs render with pygame
+            print(f"ddrl: {extras.missing('pygame', '--gif') if 'pygame' in str(error) else error}", file=sys.stderr)
+            return 2
         print(f"recorded one episode (return {episode_return:.1f}, {length} steps) as {frames} frames in {args.gif} "
               f"({args.gif.stat().st_size / 1024:.0f} KiB)")
     return 0

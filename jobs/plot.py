@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import ddrl
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -21,9 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--title")
     args = parser.parse_args(argv)
 
-    import matplotlib
+    from ddrl import extras
 
-    matplotlib.use("Agg")
+    try:
+        extras.require("matplotlib", "jobs/plot.py").use("Agg")
+    except ddrl.ConfigError as error:
+        print(f"ddrl: {error}", file=sys.stderr)
+        return 2
     from ddrl.plots import CURVE_FILE, plot_runs
 
     if args.label is not None and len(args.label) != len(args.run_dirs):

@@ -51,7 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.remote and "PYSPARK_GATEWAY_PORT" in os.environ:
         print("ddrl: --remote: run jobs/sweep.py with the venv's Python, not through spark-submit", file=sys.stderr)
         return 2
-    spark = build_connect_session(args.remote, args.verbose) if args.remote else build_spark_session(f"{sweep_plan.base.name}-sweep", args.verbose)
+    try:
+        spark = build_connect_session(args.remote, args.verbose) if args.remote else build_spark_session(f"{sweep_plan.base.name}-sweep", args.verbose)
+    except ddrl.ConfigError as error:
+        print(f"ddrl: {error}", file=sys.stderr)
+        return 2
     try:
         result = ddrl.sweep(spark, sweep_plan)
     except driver.SweepFailed as error:

@@ -49,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
               "not through spark-submit, which starts a classic driver", file=sys.stderr)
         return 2
     marks["run"] = time.time()
-    spark = build_connect_session(args.remote, args.verbose) if args.remote else build_spark_session(run.config.name, args.verbose)
+    try:
+        spark = build_connect_session(args.remote, args.verbose) if args.remote else build_spark_session(run.config.name, args.verbose)
+    except ddrl.ConfigError as error:
+        print(f"ddrl: {error}", file=sys.stderr)
+        return 2
     marks["session"] = time.time()
     try:
         result = ddrl.train(spark, run)
@@ -121,6 +125,15 @@ def build_connect_session(url: str, verbose: bool):
     """A Spark Connect session: a server's ``sc://`` URL, or ``local[N]`` for a server inside this process."""
     from pyspark.sql import SparkSession
 
+    from ddrl import extras
+
+    try:
+        from pyspark.sql.connect.utils import check_dependencies
+
+        check_dependencies()
+    except ImportError as error:  # pyspark's own message names the pip package, not ddrl's extra
+        raise ddrl.ConfigError(f"--remote: the Spark Connect client is not installed ({' '.join(str(error).split())}): "
+                               f"{extras.install_hint('grpc')}") from None
     builder = SparkSession.builder.remote(url)
     if not url.startswith("local"):
         return builder.getOrCreate()
