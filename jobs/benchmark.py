@@ -113,6 +113,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke-size run of every part")
     parser.add_argument("--out", type=Path, help="JSON results (default runs/benchmark-<timestamp>/benchmark.json)")
     parser.add_argument("--seeds", help="vs_sb3 seeds, comma-separated (default 1,2,3; --quick: 1)")
+    parser.add_argument("--ddrl-venv", type=Path, help="vs_sb3: run ddrl's processes in this venv (e.g. one of requirements.txt alone; default .venv)")
     parser.add_argument("--halfcheetah-minutes", type=float, help="halfcheetah: wall time of each side (default 15; --quick: 1)")
     parser.add_argument("--halfcheetah-steps", type=int, help="halfcheetah: ddrl's step budget (default: sized for the minutes)")
     parser.add_argument("--minatar-steps", type=int, help="pixels: MinAtar Breakout's step budget (default 500k)")

@@ -18,7 +18,7 @@ import time
 
 import ddrl
 from ddrl.sweeps import driver, spec
-from train import STARTED_AT, build_connect_session, build_spark_session
+from train import STARTED_AT, build_connect_session, build_spark_session, stop_session
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ddrl: {error}", file=sys.stderr)
         return 2
     finally:
-        spark.stop()
+        stop_session(spark)
     print(result.summary, end="")
     print(f"sweep table: {result.directory / 'sweep.parquet'}")
     print(f"wall time: {time.time() - STARTED_AT:.1f} s, whole process")

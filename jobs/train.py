@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         marks["trained"] = time.time()
-        spark.stop()
+        stop_session(spark)
         marks["stopped"] = time.time()
 
     verdict = "solved" if result.solved else "not solved"
@@ -90,20 +90,30 @@ def fixed_time_line(marks: dict[str, float], result: ddrl.TrainResult) -> str:
     wall_s = result.metrics.column("wall_s").to_pylist()
     later = sorted(iteration_s[1:])[len(iteration_s[1:]) // 2] if len(iteration_s) > 1 else 0.0
     phases = {
-        "launch to Python (script, spark-submit's JVM)": marks["python"] - marks["launch"],
+        "launch to Python (script and spark-submit's JVM)": marks["python"] - marks["launch"],
         "imports": marks["imports"] - marks["python"],
         "config and env check": marks["run"] - marks["imports"],
         "Spark session": marks["session"] - marks["run"],
         "before iteration 1": wall_s[0] - iteration_s[0],
         "first job beyond a later iteration": iteration_s[0] - later,
-        "final evaluation, policy, observers": result.wall_seconds - wall_s[-1],
+        "final evaluation and saving": result.wall_seconds - wall_s[-1],
         "Spark stop": marks["stopped"] - marks["trained"],
     }
     # outside the iterations: the whole process less every iteration at a later iteration's time
     outside = marks["stopped"] - marks["launch"] - sum(iteration_s) + iteration_s[0] - later
     phases["other"] = outside - sum(phases.values())
-    listed = ", ".join(f"{name} {seconds:.2f}" for name, seconds in phases.items())
-    return f"fixed time: {outside:.2f} s outside the iterations ({listed}; in s)"
+    listed = " | ".join(f"{name} {seconds:.2f}" for name, seconds in phases.items())
+    return f"fixed time: {outside:.2f} s outside the iterations, in s: {listed}"
+
+
+def stop_session(spark) -> None:
+    """``spark.stop()`` for a job about to exit.  pyspark's stop then waits for its accumulator server, whose
+    handler polls its socket once a second (up to 1 s here, every run); the server's thread is a daemon that ends
+    with the process, so the job lets it be."""
+    context = getattr(spark, "_sc", None)  # a Connect session has no SparkContext
+    if context is not None:
+        context._accumulatorServer = None
+    spark.stop()
 
 
 def build_spark_session(name: str, verbose: bool):
