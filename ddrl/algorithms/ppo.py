@@ -12,7 +12,8 @@ step of DiLoCo (Douillard et al. 2023) on the mean change Delta = sum_i n_i Delt
 
 outer_lr 1 without momentum is plain parameter averaging.  With ``task_scaling: noise_scale`` Delta is first
 lengthened by eps(N b) / eps(b), the ratio of the optimal learning rates of McCandlish et al. (2018) at the N
-tasks' batch and at one task's, from the gradient noise scale measured across the tasks (``ddrl.noise_scale``).
+tasks' batch and at one task's, from the gradient noise scale measured across the tasks (``ddrl.noise_scale``);
+with ``noise_scale_lr`` the tasks' learning rate is multiplied by that ratio instead.
 
 Adam's moments (``adam_moments``): ``restart`` starts them at zero in every task; ``fedadamw`` (the default:
 fewest CartPole steps over 24 seeds, BENCHMARKS.md) restarts the first and starts the second from the tasks'
@@ -90,10 +91,11 @@ class Hyperparameters(StrictModel):
     )
     outer_lr: float = Field(1.0, gt=0, le=10, description="Outer step on the mean parameter change (1: plain averaging).")
     outer_momentum: float = Field(0.0, ge=0, lt=1, description="Nesterov momentum of the outer step (0: none).")
-    task_scaling: Literal["none", "noise_scale"] = Field(
-        "none", description="How far the mean of the tasks' changes moves theta: the mean itself (plain averaging), or "
-        "further, as far as the gradient noise scale says N tasks' batch allows (ddrl.noise_scale; slower on CartPole "
-        "at 8 and 16 tasks, BENCHMARKS.md part 13)."
+    task_scaling: Literal["none", "noise_scale", "noise_scale_lr"] = Field(
+        "none", description="What N tasks' batch changes: nothing (plain averaging); the outer step, the mean change "
+        "lengthened by eps(N b) / eps(b) from the gradient noise scale (noise_scale: slower on CartPole at 8 and 16 "
+        "tasks, BENCHMARKS.md part 13); or the tasks' learning rate, multiplied by that ratio from the previous "
+        "iterations' estimate (noise_scale_lr)."
     )
 
 
@@ -405,7 +407,8 @@ class PPO:
         adam_keys = ("adam_step", "adam_v_means", "adam_m", "adam_v")
         return {
             "params": state["params"],
-            "learning_rates": [self.hp.learning_rate * (fraction if self.hp.anneal_lr else 1.0) for fraction in annealed],
+            "learning_rates": [self._learning_rate_scale(state) * self.hp.learning_rate * (fraction if self.hp.anneal_lr else 1.0)
+                               for fraction in annealed],
             "obs_mean": obs.mean,
             "obs_variance": obs.variance,
             "return_variance": float(_moments_from_state("return", state).variance),
@@ -413,6 +416,15 @@ class PPO:
             # Each task's carried episodes (ddrl.carry); a task index without one starts new episodes.
             "carries": {index: arrays for index, arrays in carry.carries_in_state(state).items() if index < self.config.spark.num_tasks},
         }
+
+    def _learning_rate_scale(self, state: State) -> float:
+        """eps(N b) / eps(b) from the noise scale the earlier iterations measured (``task_scaling: noise_scale_lr``,
+        else 1): the tasks' Adam steps lengthen where N tasks' batch is still below B_noise, while each task's
+        clipped objective bounds how far its policy moves."""
+        if self.hp.task_scaling != "noise_scale_lr":
+            return 1.0
+        samples_per_task = self.hp.local_rounds * self.hp.num_steps * self.config.env.num_envs
+        return noise_scale.step_scale(noise_scale.noise_scale(state), samples_per_task, self.config.spark.num_tasks)
 
     def apply(self, state: State, result: MergedResult, iteration: int) -> tuple[State, dict[str, float]]:
         """The outer step on the mean change, the normalizers and Adam's kept moments folded in task order."""
@@ -456,7 +468,7 @@ class PPO:
         metrics["update_norm"] = float(np.linalg.norm(new_state["params"] - state["params"]))
         metrics["noise_scale"] = b_noise
         metrics["useful_tasks"] = b_noise / samples_per_task
-        metrics["step_scale"] = scale
+        metrics["step_scale"] = scale if hp.task_scaling != "noise_scale_lr" else self._learning_rate_scale(state)
         if hp.carry_episodes:
             new_state = self._carry_over(new_state, tasks, metrics)
         return new_state, metrics
