@@ -43,7 +43,7 @@ ensure_venv() {
 # Class-data sharing for the driver's JVM (JDK 13+): the classes Spark loads at start-up, parsed and verified once
 # into an archive next to the venv, mapped by every later run (3.4 s less start-up here, BENCHMARKS.md part 14).
 # The first job run writes the archive at its exit; a new JDK or pyspark (another archive name) writes a new one.
-# DDRL_JVM_CDS=0 turns it off.
+# An archive that does not fit (another classpath) is ignored, silently. DDRL_JVM_CDS=0 turns it off.
 jvm_class_sharing() {
   [[ "${DDRL_JVM_CDS:-1}" == 1 ]] || return 0
   local java jars key
@@ -53,10 +53,10 @@ jvm_class_sharing() {
   key=$(echo "$java $(stat -c %Y "$java") $(stat -c %Y "$jars")" | sha256sum | cut -c1-16)
   cds_archive="$VENV/jvm-classes-$key.jsa"
   if [[ -f "$cds_archive" ]]; then
-    export SPARK_SUBMIT_OPTS="${SPARK_SUBMIT_OPTS:+$SPARK_SUBMIT_OPTS }-XX:SharedArchiveFile=$cds_archive -Xshare:auto"
+    export SPARK_SUBMIT_OPTS="${SPARK_SUBMIT_OPTS:+$SPARK_SUBMIT_OPTS }-XX:SharedArchiveFile=$cds_archive -Xshare:auto -Xlog:cds=off,cds+dynamic=off"
   elif [[ "${1:-}" == write ]]; then
     cds_writing="$cds_archive.$$"  # renamed into place once the JVM has written it at exit
-    export SPARK_SUBMIT_OPTS="${SPARK_SUBMIT_OPTS:+$SPARK_SUBMIT_OPTS }-XX:ArchiveClassesAtExit=$cds_writing -Xlog:cds=error"
+    export SPARK_SUBMIT_OPTS="${SPARK_SUBMIT_OPTS:+$SPARK_SUBMIT_OPTS }-XX:ArchiveClassesAtExit=$cds_writing -Xlog:cds=error,cds+dynamic=error"
   fi
 }
 
