@@ -73,3 +73,26 @@ def test_a_checkpoint_from_before_the_noise_scale_resumes_with_its_averages_star
     loaded, _ = Run.open(config, resume=run.directory).latest_checkpoint
     np.testing.assert_array_equal(loaded["params"], state["params"])
     assert {key: float(loaded[key]) for key in noise_scale.STATE_KEYS} == dict.fromkeys(noise_scale.STATE_KEYS, 0.0)
+
+
+def test_noise_scale_lr_multiplies_the_tasks_learning_rate_by_the_measured_step_scale(tmp_path) -> None:
+    from conftest import small_ppo_config
+
+    from ddrl import config as config_module
+    from ddrl.algorithms import ppo
+    from ddrl.run import Run
+
+    config = config_module.load(small_ppo_config(tmp_path, ppo={"task_scaling": "noise_scale_lr", "anneal_lr": False}, spark={"num_tasks": 4}))
+    algorithm = ppo.PPO(config, Run.open(config).env)
+    state = algorithm.initial_state()
+    learning_rate = config.hyperparameters.learning_rate
+    assert algorithm.task_payload(state, 0)["learning_rates"] == [learning_rate]  # no estimate yet: unscaled
+
+    samples_per_task = algorithm.samples_per_task
+    gradient_sq, trace = 1.0, 3.0 * samples_per_task  # B_noise = 3 tasks' batches
+    state.update(noise_scale_gradient_sq=np.array(0.1 * gradient_sq), noise_scale_trace=np.array(0.1 * trace), noise_scale_weight=np.array(0.1))
+    expected = (1 + 3.0) / (1 + 3.0 / 4)
+    assert noise_scale.step_scale(noise_scale.noise_scale(state), samples_per_task, 4) == pytest.approx(expected)
+    assert algorithm.task_payload(state, 5)["learning_rates"] == [pytest.approx(expected * learning_rate)]
+    plain = ppo.PPO(config_module.load(small_ppo_config(tmp_path, ppo={"anneal_lr": False}, spark={"num_tasks": 4})), Run.open(config).env)
+    assert plain.task_payload(state, 5)["learning_rates"] == [learning_rate]

@@ -423,8 +423,7 @@ class PPO:
         clipped objective bounds how far its policy moves."""
         if self.hp.task_scaling != "noise_scale_lr":
             return 1.0
-        samples_per_task = self.hp.local_rounds * self.hp.num_steps * self.config.env.num_envs
-        return noise_scale.step_scale(noise_scale.noise_scale(state), samples_per_task, self.config.spark.num_tasks)
+        return noise_scale.step_scale(noise_scale.noise_scale(state), self.samples_per_task, self.config.spark.num_tasks)
 
     def apply(self, state: State, result: MergedResult, iteration: int) -> tuple[State, dict[str, float]]:
         """The outer step on the mean change, the normalizers and Adam's kept moments folded in task order."""
