@@ -32,6 +32,7 @@ def test_a_guarded_task_runs_as_the_task_and_passes_other_errors_on():
     run = guard.guarded(lambda x, offset: iter([x + offset, x]), 10)
     assert list(run(1)) == [11, 1]
     assert guard.guarded(lambda x: x * 2)(3) == 6
+    assert guard.guarded(lambda x, y: x - y, arguments=2)(3, 1) == 2
     with pytest.raises(ValueError):
-        guard.guarded(lambda: int("x"))()
+        guard.guarded(lambda x: int(x))("x")
     assert guard.explain(ValueError("boom")) is None

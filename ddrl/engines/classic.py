@@ -68,7 +68,7 @@ class ClassicEngine:
             merged = (
                 self.spark_context.parallelize(elements, len(elements))
                 .map(guarded(lambda element, payloads: {element[0]: works[element[0]].run(payloads.value[element[0]], element[1])}, broadcast))
-                .treeReduce(guarded(merge_by_job), depth=tree_depth([(work.config, work.algorithm) for work in works], self.driver_limit_bytes))
+                .treeReduce(guarded(merge_by_job, arguments=2), depth=tree_depth([(work.config, work.algorithm) for work in works], self.driver_limit_bytes))
             )
         finally:
             broadcast.destroy()  # the job is over: free the driver's temp file and the executors' copies

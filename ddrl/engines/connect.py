@@ -93,7 +93,7 @@ class ConnectEngine:
         if groups < len(elements):
             # repartition by group first, so that the grouped merge reuses that shuffle's partitions instead of
             # spark.sql.shuffle.partitions (200 by default) mostly empty ones
-            results = results.repartition(groups, "group").groupBy("job", "group").applyInArrow(guarded(_merge_group), _RESULT_DDL)
+            results = results.repartition(groups, "group").groupBy("job", "group").applyInArrow(guarded(_merge_group, type_hints=True), _RESULT_DDL)
         ship_seconds = time.perf_counter() - timer
         table = results.toArrow()
         rows = zip(table.column("job").to_pylist(), table.column("partial").to_pylist())

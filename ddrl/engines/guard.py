@@ -11,23 +11,28 @@ No probe job: the check costs nothing until a task fails.
 
 from __future__ import annotations
 
+import inspect
 import re
 import sys
+import typing
 from typing import Any, Callable
 
 _MARKER = "ddrl-executor-import-failure"
 _MARKED = re.compile(_MARKER + r" module=(?P<module>\S+) python=(?P<python>.+?) \| ")
 
 
-def guarded(task: Callable[..., Any], *spark_pickled: Any) -> Callable[..., Any]:
-    """``task`` for Spark to ship, taking the same arguments followed by ``spark_pickled`` and returning the same
-    result (an iterator's items are gathered on the executor).  ``spark_pickled`` holds what only Spark's own
-    pickling of the function may carry, such as a ``Broadcast``, whose pickling registers it with the job."""
+def guarded(task: Callable[..., Any], *spark_pickled: Any, arguments: int = 1, type_hints: bool = False) -> Callable[..., Any]:
+    """``task`` for Spark to ship: it takes ``arguments`` (1 or 2: Spark inspects the signature) followed by
+    ``spark_pickled`` and returns the same result (an iterator's items are gathered on the executor).
+    ``spark_pickled`` holds what only Spark's own pickling of the function may carry, such as a ``Broadcast``,
+    whose pickling registers it with the job.  ``type_hints``: the guard carries the task's, for Spark calls that
+    choose by them (``applyInArrow``: an iterator of batches, or a table); they must name no ddrl type, which the
+    executor would have to import before the guard runs."""
     from pyspark import cloudpickle
 
     task_bytes = cloudpickle.dumps(task)
 
-    def run_guarded(*args: Any) -> Any:
+    def run(args: tuple[Any, ...]) -> Any:
         import sys as executor_sys
 
         try:
@@ -41,7 +46,19 @@ def guarded(task: Callable[..., Any], *spark_pickled: Any) -> Callable[..., Any]
                 f"ddrl-executor-import-failure module={module} python={executor_sys.executable} | {error}"
             ) from None
 
-    return run_guarded
+    def run_one(argument):  # type: ignore[no-untyped-def]  (its hints are the task's, set below)
+        return run((argument,))
+
+    def run_two(first, second):  # type: ignore[no-untyped-def]
+        return run((first, second))
+
+    guard = run_two if arguments == 2 else run_one
+    hints = typing.get_type_hints(task) if type_hints else {}
+    names = zip(inspect.signature(guard).parameters, inspect.signature(task).parameters)
+    guard.__annotations__ = {mine: hints[theirs] for mine, theirs in names if theirs in hints}
+    if "return" in hints:
+        guard.__annotations__["return"] = hints["return"]
+    return guard
 
 
 def explain(error: BaseException) -> str | None:
