@@ -92,6 +92,8 @@ def describe(env: EnvConfig) -> EnvInfo:
     except TypeError as error:
         raise ConfigError(f"env.kwargs: {env.id} rejected them: {_one_line(error)}") from None
     except Exception as error:  # an env's constructor may raise anything
+        if isinstance(error, ImportError) and error.name is not None and error.name.split(".")[0] in extras.EXTRAS:
+            raise ConfigError(extras.missing(error.name, f"env.id {env.id}")) from None
         field = "env.kwargs" if env.kwargs else "env.id"
         raise ConfigError(f"{field}: {env.id} could not be created: {type(error).__name__}: {_one_line(error)}") from None
     try:
