@@ -25,7 +25,8 @@ import numpy as np
 STARTED_AT = float(os.environ.get("DDRL_STARTED_AT", time.time()))
 ROOT = Path(__file__).resolve().parents[2]
 CARTPOLE_TARGET = 475.0
-PPO_TASK_SCALING = {"averaging": ["ppo.task_scaling=none"], "noise scale": ["ppo.task_scaling=noise_scale"]}
+PPO_TASK_SCALING = {"averaging": ["ppo.task_scaling=none"], "noise scale": ["ppo.task_scaling=noise_scale"],
+                    "noise-scale learning rate": ["ppo.task_scaling=noise_scale_lr"]}
 """The scaling_law part's PPO variants: the rules of ppo.task_scaling."""
 
 
@@ -130,7 +131,8 @@ class Sizes:
             # Up to 32 tasks split ARS's 32 directions (the same iterations, each shorter); 64 tasks take 64.
             "HalfCheetah ARS": LawCase("conf/halfcheetah_ars.yaml", 3000.0, 100, (1, 16, 64), (1,), {"directions": []}),
             # 20-episode evaluations are 20k env steps: about every 10k training steps, not every iteration.
-            "HalfCheetah PPO": LawCase("conf/halfcheetah_ppo.yaml", 3000.0, 2000, (1, 4, 16), (1,), {"averaging": ["ppo.task_scaling=none"]},
+            "HalfCheetah PPO": LawCase("conf/halfcheetah_ppo.yaml", 3000.0, 2000, (1, 4, 16), (1,),
+                                       {"averaging": ["ppo.task_scaling=none"], "noise-scale learning rate": ["ppo.task_scaling=noise_scale_lr"]},
                                        eval_every_steps=10_240, max_env_steps=1_000_000),
         })
 
