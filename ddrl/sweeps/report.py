@@ -44,9 +44,8 @@ def tracked_values(config_data: dict[str, Any], keys: Sequence[str]) -> dict[str
 def sweep_table(trial_dirs: Path, trials: Iterable["Trial"], outcomes: Sequence["TrialOutcome"],
                 generations: list[dict[str, Any]], keys: Sequence[str]) -> pa.Table:
     """One row per trial and iteration (iteration 0 for one that has none): the trial, its status (and a failed
-    trial's reason), the values of ``keys`` (the swept and perturbed
-    hyperparameters, the seed) in force during that iteration, the PBT parent whose state it last took, and
-    its metrics."""
+    trial's reason), the values of ``keys`` (the swept and perturbed hyperparameters, the seed) in force during
+    that iteration, the PBT parent whose state it last took, and its metrics."""
     status = {outcome.name: outcome.status for outcome in outcomes}
     reasons = {outcome.name: outcome.reason for outcome in outcomes}
     rows: list[dict[str, Any]] = []
