@@ -147,7 +147,8 @@ def sweep_curves(table: pa.Table, best: str | None, title: str | None = None) ->
     for axis in (by_steps, by_time):
         axis.grid(True, alpha=0.3)
     by_steps.xaxis.set_major_formatter(EngFormatter(sep=""))
-    by_steps.legend(fontsize="small", loc="best")
+    if best is not None:  # every trial failed: nothing is named
+        by_steps.legend(fontsize="small", loc="best")
     figure.suptitle(title or f"sweep: {len(names)} trials")
     return figure
 
