@@ -50,7 +50,7 @@ def default_observers(config: Config | None = None) -> list[Any]:
     if importlib.util.find_spec("matplotlib") is not None:
         observers.append(LearningCurveObserver())
     else:
-        log.info("no learning curve PNG: %s", extras.missing("matplotlib", "the learning curve"))
+        log.info("%s", extras.missing("matplotlib", "the learning-curve PNG"))
     if mlflow_enabled():
         observers.append(MlflowObserver())
     return observers
