@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
               f"this run had {run.config.spark.num_tasks}): more tasks than that add samples per iteration but barely cut "
               "the iterations to the target (README, Choosing the number of tasks)")
     print(f"wall time: {time.time() - STARTED_AT:.1f} s, whole process")
-    if args.timings:
-        print(fixed_time_line(marks, result))
+    if args.timings:  # a resumed run's metrics hold the earlier processes' iterations too
+        print("fixed time: measured for fresh runs only" if run.resumed or not result.metrics.num_rows else fixed_time_line(marks, result))
     print(f"run directory: {result.run_dir}")
     return 0
 

@@ -133,3 +133,22 @@ def test_the_cost_models_cluster_overhead_grows_with_tasks_and_result_size():
     small = [scaling_law.model_overhead(tasks, 80_000) for tasks in (1, 16, 1000)]
     assert small == sorted(small) and small[0] < 0.1
     assert scaling_law.model_overhead(16, 80e6) > scaling_law.model_overhead(16, 80_000)
+
+
+def test_the_timings_line_adds_up_and_the_benchmark_reads_it_back():
+    import types
+
+    import pyarrow as pa
+
+    from jobs.benchmark_parts.vs_sb3 import fixed_time
+    from jobs.train import fixed_time_line
+
+    marks = {"launch": 100.0, "python": 101.0, "imports": 102.5, "run": 102.6, "session": 104.6, "trained": 112.0, "stopped": 112.2}
+    iteration_s, wall_s = [3.0, 1.0, 1.0, 1.2], [3.4, 4.4, 5.4, 6.6]  # wall_s counts from ddrl.train's start (104.6)
+    result = types.SimpleNamespace(metrics=pa.table({"iteration_s": iteration_s, "wall_s": wall_s}), wall_seconds=7.0)
+    phases = fixed_time(fixed_time_line(marks, result))
+    outside = (112.2 - 100.0) - sum(iteration_s) + (3.0 - 1.0)  # the first job's extra counts as outside
+    assert phases["total"] == pytest.approx(outside, abs=0.01)
+    assert sum(seconds for name, seconds in phases.items() if name != "total") == pytest.approx(outside, abs=0.05)
+    assert phases["Spark session"] == pytest.approx(2.0) and phases["first job beyond a later iteration"] == pytest.approx(2.0)
+    assert phases["final evaluation and saving"] == pytest.approx(0.4) and phases["before iteration 1"] == pytest.approx(0.4)
