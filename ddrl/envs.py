@@ -92,8 +92,8 @@ def describe(env: EnvConfig) -> EnvInfo:
     except TypeError as error:
         raise ConfigError(f"env.kwargs: {env.id} rejected them: {_one_line(error)}") from None
     except Exception as error:  # an env's constructor may raise anything
-        if isinstance(error, ImportError) and error.name is not None and error.name.split(".")[0] in extras.EXTRAS:
-            raise ConfigError(extras.missing(error.name, f"env.id {env.id}")) from None
+        if (missing := extras.missing_extra(error, f"env.id {env.id}")) is not None:
+            raise missing from None
         field = "env.kwargs" if env.kwargs else "env.id"
         raise ConfigError(f"{field}: {env.id} could not be created: {type(error).__name__}: {_one_line(error)}") from None
     try:
@@ -317,8 +317,8 @@ def _registered_id(env_id: str) -> str:
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        if error.name is not None and error.name.split(".")[0] in extras.EXTRAS:
-            raise ConfigError(extras.missing(error.name, f"env.id {env_id}")) from None
+        if (missing := extras.missing_extra(error, f"env.id {env_id}")) is not None:
+            raise missing from None
         raise ConfigError(f"env.id: cannot import module {module_name!r}: {error}") from None
     if class_name in gym.registry:  # 'ale_py:ALE/Breakout-v5': a module whose import registers the id
         return class_name

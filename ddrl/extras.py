@@ -33,6 +33,14 @@ def missing(module: str, needed_for: str) -> str:
     return f"{needed_for}: needs {module.split('.')[0]!r}, which is not installed: {install_hint(module)}"
 
 
+def missing_extra(error: BaseException, needed_for: str) -> ConfigError | None:
+    """``missing``'s line as a ``ConfigError`` when ``error`` is the import of a package an extra brings, else None."""
+    name = getattr(error, "name", None) if isinstance(error, ImportError) else None
+    if name is None or name.split(".")[0] not in EXTRAS:
+        return None
+    return ConfigError(missing(name, needed_for))
+
+
 def require(module: str, needed_for: str) -> ModuleType:
     """``module``, imported; ``ConfigError`` with ``missing``'s line when it is not installed."""
     try:

@@ -405,10 +405,10 @@ class PPO:
         annealed = [max(1.0 - (iteration * rounds + k) / total_rounds, 0.0) for k in range(rounds)]
         obs = _moments_from_state("obs", state)
         adam_keys = ("adam_step", "adam_v_means", "adam_m", "adam_v")
+        learning_rate = self._learning_rate_scale(state) * self.hp.learning_rate
         return {
             "params": state["params"],
-            "learning_rates": [self._learning_rate_scale(state) * self.hp.learning_rate * (fraction if self.hp.anneal_lr else 1.0)
-                               for fraction in annealed],
+            "learning_rates": [learning_rate * (fraction if self.hp.anneal_lr else 1.0) for fraction in annealed],
             "obs_mean": obs.mean,
             "obs_variance": obs.variance,
             "return_variance": float(_moments_from_state("return", state).variance),
@@ -467,7 +467,7 @@ class PPO:
         metrics["update_norm"] = float(np.linalg.norm(new_state["params"] - state["params"]))
         metrics["noise_scale"] = b_noise
         metrics["useful_tasks"] = b_noise / samples_per_task
-        metrics["step_scale"] = scale if hp.task_scaling != "noise_scale_lr" else self._learning_rate_scale(state)
+        metrics["step_scale"] = scale * self._learning_rate_scale(state)  # each is 1 unless its rule is on
         if hp.carry_episodes:
             new_state = self._carry_over(new_state, tasks, metrics)
         return new_state, metrics

@@ -38,12 +38,14 @@ def guarded(task: Callable[..., Any], *spark_pickled: Any, arguments: int = 1, t
         try:
             from pyspark import cloudpickle as executor_cloudpickle
 
+            # task_bytes are what this driver pickled above for this job (Spark ships and unpickles the same way);
+            # nothing a user hands ddrl is ever unpickled
             result = executor_cloudpickle.loads(task_bytes)(*args, *spark_pickled)
             return iter(list(result)) if hasattr(result, "__next__") else result
         except ImportError as error:
             module = (error.name or str(error)).split(".")[0].replace(" ", "_")
             raise RuntimeError(
-                f"ddrl-executor-import-failure module={module} python={executor_sys.executable} | {error}"
+                f"{_MARKER} module={module} python={executor_sys.executable} | {error}"
             ) from None
 
     def run_one(argument):  # type: ignore[no-untyped-def]  (its hints are the task's, set below)

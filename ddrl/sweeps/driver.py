@@ -308,23 +308,25 @@ class _Sweep:
         record = {"status": status, "eval_return_mean": result.eval_return_mean, "eval_return_std": result.eval_return_std,
                   "best_eval_return": result.best_eval_return, "env_steps": result.env_steps, "iterations": result.iterations,
                   "solved": result.solved}
-        text = json.dumps(record, indent=2)
-        checkpoint.atomic_write(loop.run.directory / RESULT_FILE, lambda path: path.write_text(text))
         log.info("sweep: %s %s after %d env steps: final evaluation %.1f +- %.1f", name, status, result.env_steps,
                  result.eval_return_mean, result.eval_return_std)
-        return self._outcome(loop.run.directory, loop.config, record)
+        return self._record(loop, record)
 
     def _fail(self, loop: RunLoop, reason: str) -> TrialOutcome:
         """Record a failed trial (its checkpoints stay as they were, none holds a rejected result) in result.json."""
         name = loop.run.directory.name
         record = {"status": "failed", "eval_return_mean": math.nan, "eval_return_std": math.nan, "best_eval_return": None,
                   "env_steps": loop.progress.env_steps, "iterations": loop.progress.iteration, "solved": False, "reason": reason}
-        text = json.dumps(record, indent=2)
-        checkpoint.atomic_write(loop.run.directory / RESULT_FILE, lambda path: path.write_text(text))
         for observer in loop.observers:
             if hasattr(observer, "on_failure"):
                 observer.on_failure(reason)
         log.warning("sweep: %s failed after %d env steps: %s", name, loop.progress.env_steps, reason)
+        return self._record(loop, record)
+
+    def _record(self, loop: RunLoop, record: dict[str, Any]) -> TrialOutcome:
+        """Write how a trial ended to its result.json, which a resumed sweep reads instead of running it again."""
+        text = json.dumps(record, indent=2)
+        checkpoint.atomic_write(loop.run.directory / RESULT_FILE, lambda path: path.write_text(text))
         return self._outcome(loop.run.directory, loop.config, record)
 
     def _read_outcome(self, name: str) -> TrialOutcome | None:
