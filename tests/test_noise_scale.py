@@ -82,7 +82,8 @@ def test_noise_scale_lr_multiplies_the_tasks_learning_rate_by_the_measured_step_
     from ddrl.algorithms import ppo
     from ddrl.run import Run
 
-    config = config_module.load(small_ppo_config(tmp_path, ppo={"task_scaling": "noise_scale_lr", "anneal_lr": False}, spark={"num_tasks": 4}))
+    config = config_module.load(small_ppo_config(tmp_path, ppo={"learning_rate": 1e-5, "anneal_lr": False}, spark={"num_tasks": 4}))
+    assert config.hyperparameters.task_scaling == "noise_scale_lr"  # the default
     algorithm = ppo.PPO(config, Run.open(config).env)
     state = algorithm.initial_state()
     learning_rate = config.hyperparameters.learning_rate
@@ -94,5 +95,27 @@ def test_noise_scale_lr_multiplies_the_tasks_learning_rate_by_the_measured_step_
     expected = (1 + 3.0) / (1 + 3.0 / 4)
     assert noise_scale.step_scale(noise_scale.noise_scale(state), samples_per_task, 4) == pytest.approx(expected)
     assert algorithm.task_payload(state, 5)["learning_rates"] == [pytest.approx(expected * learning_rate)]
-    plain = ppo.PPO(config_module.load(small_ppo_config(tmp_path, ppo={"anneal_lr": False}, spark={"num_tasks": 4})), Run.open(config).env)
+    plain = ppo.PPO(config_module.load(small_ppo_config(
+        tmp_path, ppo={"learning_rate": 1e-5, "anneal_lr": False, "task_scaling": "none"}, spark={"num_tasks": 4})), Run.open(config).env)
     assert plain.task_payload(state, 5)["learning_rates"] == [learning_rate]
+
+
+def test_noise_scale_lr_stops_at_the_max_scaled_learning_rate_and_leaves_a_rate_above_it_unscaled(tmp_path) -> None:
+    from conftest import small_ppo_config
+
+    from ddrl import config as config_module
+    from ddrl.algorithms import ppo
+    from ddrl.run import Run
+
+    def payload_rate(learning_rate: float) -> float:
+        config = config_module.load(small_ppo_config(
+            tmp_path, ppo={"learning_rate": learning_rate, "anneal_lr": False, "max_scaled_learning_rate": 3e-4}, spark={"num_tasks": 16}))
+        algorithm = ppo.PPO(config, Run.open(config).env)
+        state = algorithm.initial_state()
+        trace = 100.0 * algorithm.samples_per_task  # B_noise = 100 tasks' batches: a scale of 101 / 7.25, about 14
+        state.update(noise_scale_gradient_sq=np.array(0.1), noise_scale_trace=np.array(0.1 * trace), noise_scale_weight=np.array(0.1))
+        return algorithm.task_payload(state, 5)["learning_rates"][0]
+
+    assert payload_rate(1e-5) == pytest.approx(1e-5 * 101 / (1 + 100 / 16))
+    assert payload_rate(1e-4) == pytest.approx(3e-4)
+    assert payload_rate(1e-3) == 1e-3  # at or above the cap: exactly plain averaging's rate

@@ -10,10 +10,12 @@ step of DiLoCo (Douillard et al. 2023) on the mean change Delta = sum_i n_i Delt
     theta <- theta + outer_lr * Delta                                  (outer_momentum = 0)
     b <- mu * b + Delta;  theta <- theta + outer_lr * (Delta + mu * b)  (Nesterov, mu = outer_momentum)
 
-outer_lr 1 without momentum is plain parameter averaging.  With ``task_scaling: noise_scale`` Delta is first
-lengthened by eps(N b) / eps(b), the ratio of the optimal learning rates of McCandlish et al. (2018) at the N
-tasks' batch and at one task's, from the gradient noise scale measured across the tasks (``ddrl.noise_scale``);
-with ``noise_scale_lr`` the tasks' learning rate is multiplied by that ratio instead.
+outer_lr 1 without momentum is plain parameter averaging.  N tasks bring N times one task's batch; by
+McCandlish et al. (2018) the optimal learning rate grows with the batch as eps(B) = eps_max / (1 + B_noise / B),
+from the gradient noise scale B_noise measured across the tasks (``ddrl.noise_scale``).  With ``task_scaling:
+noise_scale_lr`` (the default) the tasks' learning rate is multiplied by eps(N b) / eps(b), from the earlier
+iterations' B_noise, up to ``max_scaled_learning_rate``; with ``noise_scale`` Delta is lengthened by that ratio
+instead; ``none`` is plain averaging.
 
 Adam's moments (``adam_moments``): ``restart`` starts them at zero in every task; ``fedadamw`` (the default:
 fewest CartPole steps over 24 seeds, BENCHMARKS.md) restarts the first and starts the second from the tasks'
@@ -92,10 +94,16 @@ class Hyperparameters(StrictModel):
     outer_lr: float = Field(1.0, gt=0, le=10, description="Outer step on the mean parameter change (1: plain averaging).")
     outer_momentum: float = Field(0.0, ge=0, lt=1, description="Nesterov momentum of the outer step (0: none).")
     task_scaling: Literal["none", "noise_scale", "noise_scale_lr"] = Field(
-        "none", description="What N tasks' batch changes: nothing (plain averaging); the outer step, the mean change "
-        "lengthened by eps(N b) / eps(b) from the gradient noise scale (noise_scale: slower on CartPole at 8 and 16 "
-        "tasks, BENCHMARKS.md part 13); or the tasks' learning rate, multiplied by that ratio from the previous "
-        "iterations' estimate (noise_scale_lr)."
+        "noise_scale_lr", description="What N tasks' batch changes: the tasks' learning rate, multiplied by "
+        "eps(N b) / eps(b) from the previous iterations' gradient noise scale, up to max_scaled_learning_rate "
+        "(noise_scale_lr, the default); nothing (none: plain averaging, the behaviour before it); or the outer step, "
+        "the mean change lengthened by that ratio (noise_scale: slower on CartPole at 8 and 16 tasks, BENCHMARKS.md "
+        "part 13)."
+    )
+    max_scaled_learning_rate: float = Field(
+        3e-4, gt=0, le=1, description="The highest learning rate noise_scale_lr raises the tasks' rate to: the Adam "
+        "step size of Schulman et al.'s MuJoCo PPO.  A learning rate at or above it is not scaled (raising CartPole's "
+        "1e-3 made it slower at 4 tasks, BENCHMARKS.md part 13)."
     )
 
 
@@ -420,10 +428,12 @@ class PPO:
     def _learning_rate_scale(self, state: State) -> float:
         """eps(N b) / eps(b) from the noise scale the earlier iterations measured (``task_scaling: noise_scale_lr``,
         else 1): the tasks' Adam steps lengthen where N tasks' batch is still below B_noise, while each task's
-        clipped objective bounds how far its policy moves."""
+        clipped objective bounds how far its policy moves.  Adam moves each parameter by about the learning rate a
+        step whatever the gradient's size, so the scaled rate stops at ``max_scaled_learning_rate``."""
         if self.hp.task_scaling != "noise_scale_lr":
             return 1.0
-        return noise_scale.step_scale(noise_scale.noise_scale(state), self.samples_per_task, self.config.spark.num_tasks)
+        scale = noise_scale.step_scale(noise_scale.noise_scale(state), self.samples_per_task, self.config.spark.num_tasks)
+        return min(scale, max(self.hp.max_scaled_learning_rate / self.hp.learning_rate, 1.0))
 
     def apply(self, state: State, result: MergedResult, iteration: int) -> tuple[State, dict[str, float]]:
         """The outer step on the mean change, the normalizers and Adam's kept moments folded in task order."""

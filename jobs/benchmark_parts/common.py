@@ -25,9 +25,8 @@ import numpy as np
 STARTED_AT = float(os.environ.get("DDRL_STARTED_AT", time.time()))
 ROOT = Path(__file__).resolve().parents[2]
 CARTPOLE_TARGET = 475.0
-PPO_TASK_SCALING = {"averaging": ["ppo.task_scaling=none"], "noise scale": ["ppo.task_scaling=noise_scale"],
-                    "noise-scale learning rate": ["ppo.task_scaling=noise_scale_lr"]}
-"""The scaling_law part's PPO variants: the rules of ppo.task_scaling."""
+PPO_TASK_SCALING = {"averaging": ["ppo.task_scaling=none"], "default (noise-scale learning rate)": []}
+"""The scaling_law part's PPO variants: today's default rule of ppo.task_scaling and plain averaging."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +39,8 @@ class LawCase:
     tasks: tuple[int, ...]
     seeds: tuple[int, ...]
     variants: dict[str, list[str]]  # name to overrides
-    eval_every_steps: int = 0  # evaluate about every this many env steps; 0: every iteration
-    max_env_steps: int = 0  # and at most this many env steps (0: no cap beyond max_iterations)
+    eval_every: int = 1  # evaluate every this many iterations
+    overrides: tuple[str, ...] = ()  # for every variant
 
 
 # ---- sizes ---------------------------------------------------------------------------------------------------
@@ -126,14 +125,15 @@ class Sizes:
         default_factory=lambda: {"CartPole PPO": 21, "HalfCheetah PPO": 9, "Breakout PPO": 5})
     scaling_law_cases: dict[str, LawCase] = dataclasses.field(
         default_factory=lambda: {
-            "CartPole PPO": LawCase("conf/cartpole_ppo.yaml", 475.0, 60, (1, 2, 4, 8, 16, 32), (1, 2, 3), PPO_TASK_SCALING),
-            "Pendulum PPO": LawCase("conf/pendulum_ppo.yaml", -200.0, 60, (1, 4, 16), (1,), PPO_TASK_SCALING),
+            # The default rule leaves a learning rate at or above ppo.max_scaled_learning_rate (CartPole's and
+            # Pendulum's 1e-3) unscaled: plain averaging, bit for bit (the part reports a step scale of 1).
+            "CartPole PPO": LawCase("conf/cartpole_ppo.yaml", 475.0, 60, (1, 2, 4, 8, 16, 32), (1, 2, 3), {"default": []}),
+            "Pendulum PPO": LawCase("conf/pendulum_ppo.yaml", -200.0, 60, (1, 4, 16), (1,), {"default": []}),
             # Up to 32 tasks split ARS's 32 directions (the same iterations, each shorter); 64 tasks take 64.
             "HalfCheetah ARS": LawCase("conf/halfcheetah_ars.yaml", 3000.0, 100, (1, 16, 64), (1,), {"directions": []}),
-            # 20-episode evaluations are 20k env steps: about every 10k training steps, not every iteration.
-            "HalfCheetah PPO": LawCase("conf/halfcheetah_ppo.yaml", 3000.0, 2000, (1, 4, 16), (1,),
-                                       {"averaging": ["ppo.task_scaling=none"], "noise-scale learning rate": ["ppo.task_scaling=noise_scale_lr"]},
-                                       eval_every_steps=10_240, max_env_steps=1_000_000),
+            # Evaluations of 5 episodes (5,000 env steps) every 5 iterations keep evaluation from outweighing training.
+            "HalfCheetah PPO": LawCase("conf/halfcheetah_ppo.yaml", 3000.0, 200, (1, 4, 16), (1,), PPO_TASK_SCALING,
+                                       eval_every=5, overrides=("train.eval_episodes=5",)),
         })
 
     @staticmethod
@@ -179,7 +179,7 @@ class Sizes:
             sweep_halving_min_steps=4096,
             sweep_budget=8192,
             carry_iterations={"CartPole PPO": 2, "HalfCheetah PPO": 2, "Breakout PPO": 2},
-            scaling_law_cases={"CartPole PPO": LawCase("conf/cartpole_ppo.yaml", 50.0, 3, (1, 2), (1,), {"averaging": ["ppo.task_scaling=none"]})},
+            scaling_law_cases={"CartPole PPO": LawCase("conf/cartpole_ppo.yaml", 50.0, 3, (1, 2), (1,), PPO_TASK_SCALING)},
         )
 
 

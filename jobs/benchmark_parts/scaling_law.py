@@ -1,8 +1,8 @@
 """Part 13, scaling_law (#21): do more tasks mean less time to a target return?
 
 For each case, task count N and seed: the shipped config with only ``spark.num_tasks`` (and the seed) changed,
-trained in this process's local[2] session until its first evaluation at the target (every iteration evaluates,
-or about every ``eval_every_steps``), within ``max_iterations`` (the step budget is max_iterations iterations at N tasks, so that
+trained in this process's local[2] session until its first evaluation at the target (every ``eval_every``
+iterations), within ``max_iterations`` (the step budget is max_iterations iterations at N tasks, so that
 annealed learning rates follow the same schedule per iteration whatever N).  Sample and iteration counts do not
 depend on this machine's speed.
 
@@ -50,15 +50,14 @@ def scaling_law(bench: Bench) -> dict[str, Any]:
                 if tasks == 1 and one_task:  # every rule takes one task's own step: the same run
                     runs[tasks] = one_task
                     continue
-                config = config_module.load(ROOT / law.path, [*variant_overrides, f"spark.num_tasks={tasks}"])
+                config = config_module.load(ROOT / law.path, [*law.overrides, *variant_overrides, f"spark.num_tasks={tasks}"])
                 result_bytes = importlib.import_module(ALGORITHMS[config.algo]).build(config, envs.describe(config.env)).task_result_bytes()
-                eval_every = max(round(law.eval_every_steps / iteration_steps(config)), 1)
-                budget = min(iteration_steps(config) * law.max_iterations, law.max_env_steps or math.inf)
                 for seed in law.seeds:
                     overrides = [
-                        *variant_overrides, f"spark.num_tasks={tasks}", f"seed={seed}", f"train.target_return={law.target}",
-                        "train.solved_evaluations=1", "train.stop_at_target=true", f"train.eval_every={eval_every}",
-                        f"train.total_env_steps={budget}", "output.checkpoint_every=100000",
+                        *law.overrides, *variant_overrides, f"spark.num_tasks={tasks}", f"seed={seed}",
+                        f"train.target_return={law.target}", "train.solved_evaluations=1", "train.stop_at_target=true",
+                        f"train.eval_every={law.eval_every}", f"train.total_env_steps={iteration_steps(config) * law.max_iterations}",
+                        "output.checkpoint_every=100000",
                     ]
                     result = ddrl.train(bench.spark(), ROOT / law.path, overrides=overrides, observers=[],
                                         run_dir=bench.work / "runs" / f"scaling_law-{case}-{variant}-{tasks}-{seed}".replace(" ", "_"))
@@ -155,6 +154,7 @@ def report(data: dict[str, Any], plot: Path) -> list[dict[str, Any]]:
             useful = median([r["useful_tasks"] for r in seeded])
             if math.isfinite(useful):  # McCandlish et al.: steps to a target go as 1 + B_noise / B, at best
                 rows += [row(where, "useful tasks u (B_noise / one task's batch), median", useful),
+                         row(where, "step scale (ppo.task_scaling's factor), median", median([r["step_scale"] for r in seeded]), "x"),
                          row(where, f"iterations({first}) / iterations({tasks}) the noise scale allows, (1 + u) / (1 + u / N)",
                              (1 + useful) / (1 + useful / tasks), "x")]
             if tasks == first:
