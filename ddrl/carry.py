@@ -68,13 +68,15 @@ class EnvCursor:
     episode_length: np.ndarray
     discounted_return: np.ndarray
     """The running discounted return of the episode in progress (reward scaling's statistic)."""
+    observation: Any
+    """The raw observations themselves, batched as the vector env returns them (for recorded trajectories)."""
 
     @staticmethod
     def reset(vector_env: Any, seed: int, env: EnvInfo) -> "EnvCursor":
         """Every env at the start of a new episode, sub-env i from ``seed + i``."""
         observation, info = vector_env.reset(seed=seed)
         zeros = np.zeros(vector_env.num_envs)
-        return EnvCursor(env.observation.features(observation), env.mask(observation, info), zeros.astype(bool), zeros, zeros.astype(np.int64), zeros)
+        return EnvCursor(env.observation.features(observation), env.mask(observation, info), zeros.astype(bool), zeros, zeros.astype(np.int64), zeros, observation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,7 +280,8 @@ def resume(config: EnvConfig, env: EnvInfo, key: tuple[str, int], seed: int, car
         vector_env.reset(seed=seeds, options={"reset_mask": reset})
     episode_return, episode_length, discounted_return = carry.episode_return.copy(), carry.episode_length.copy(), carry.discounted_return.copy()
     episode_return[reset], episode_length[reset], discounted_return[reset] = 0.0, 0, 0.0
-    cursor = EnvCursor(*_last_features_and_mask(vector_env, env), np.zeros(len(wrappers), dtype=bool), episode_return, episode_length, discounted_return)
+    observation, features, mask = _last_observation(vector_env, env)
+    cursor = EnvCursor(features, mask, np.zeros(len(wrappers), dtype=bool), episode_return, episode_length, discounted_return, observation)
     return Resumed(vector_env, cursor, replayed_steps, int(restart.sum()), time.perf_counter() - started, hit)
 
 
@@ -325,13 +328,18 @@ def replace_in_state(state: dict[str, np.ndarray], carries: Mapping[int, Carry])
     return kept
 
 
-def _last_features_and_mask(vector_env: Any, env: EnvInfo) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """The features and mask of every sub-env's last observation, batched as the vector env would."""
+def episode_seeds(vector_env: Any) -> np.ndarray:
+    """The seed each sub-env's game in progress began with (``env.reset(seed=...)`` starts it again)."""
+    return np.array([chain_seed(wrapper.chain.origin, wrapper.chain.game) for wrapper in vector_env.envs], dtype=np.int64)
+
+
+def _last_observation(vector_env: Any, env: EnvInfo) -> tuple[Any, dict[str, np.ndarray], np.ndarray | None]:
+    """Every sub-env's last observation, its features and mask, batched as the vector env would."""
     wrappers = vector_env.envs
     space = vector_env.single_observation_space
     observations = concatenate(space, [wrapper.last[0] for wrapper in wrappers], create_empty_array(space, len(wrappers)))
     if env.action_mask is None:
-        return env.observation.features(observations), None
+        return observations, env.observation.features(observations), None
     masks = [env.mask(wrapper.last[0], wrapper.last[1]) for wrapper in wrappers]
     full = np.ones(env.action_dim, dtype=bool)
-    return env.observation.features(observations), np.stack([full if mask is None else np.asarray(mask, dtype=bool).reshape(-1) for mask in masks])
+    return observations, env.observation.features(observations), np.stack([full if mask is None else np.asarray(mask, dtype=bool).reshape(-1) for mask in masks])

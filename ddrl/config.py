@@ -94,6 +94,18 @@ class OutputConfig(StrictModel):
     run_dir: str | None = Field(None, description="This run's directory; root/<name>-<timestamp> by default.")
     checkpoint_every: int = Field(10, ge=1, description="Checkpoint every this many iterations (and at the end).")
     keep_checkpoints: int = Field(3, ge=1, description="How many recent checkpoints to keep.")
+    record_experience: str | None = Field(
+        None, min_length=1, description="Where every task writes the transitions it collects, a Parquet file per "
+        "(iteration, task) (ddrl.data.trajectories): a local or mounted directory, or a URI pyarrow writes to."
+    )
+
+    @field_validator("record_experience")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        """Executors run elsewhere: a local path is made absolute on the driver."""
+        from ddrl.data import trajectories
+
+        return None if value is None else trajectories.absolute(value)
 
 
 class Config(StrictModel):

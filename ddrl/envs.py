@@ -243,12 +243,15 @@ def evaluate(
     episodes: int,
     seed: int | Sequence[int],
     vector_env: gym.vector.VectorEnv | None = None,
+    on_step: Callable[..., None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run ``episodes`` episodes in parallel, one per sub-env, with ``act(observations, infos)`` on batches.
 
     Episode i starts from ``seed + i``, or from ``seed[i]`` when ``seed`` is a sequence: each episode depends on
     its own seed and the policy only.  ``vector_env`` (from ``make_evaluation_env``, ``episodes`` sub-envs) is
-    reused instead of building one.  Returns each episode's return and length, in episode order.
+    reused instead of building one.  ``on_step(observations, infos, actions, rewards, terminated, truncated,
+    running)`` sees every step (``running``: which episodes the step belongs to).  Returns each episode's return
+    and length, in episode order.
     """
     seeds = [seed + index for index in range(episodes)] if isinstance(seed, int) else [int(s) for s in seed]
     if len(seeds) != episodes:
@@ -261,7 +264,11 @@ def evaluate(
         lengths = np.zeros(episodes, dtype=np.int64)
         running = np.ones(episodes, dtype=bool)
         while running.any():
-            observations, rewards, terminated, truncated, infos = vector_env.step(act(observations, infos))
+            actions = act(observations, infos)
+            next_observations, rewards, terminated, truncated, next_infos = vector_env.step(actions)
+            if on_step is not None:
+                on_step(observations, infos, actions, rewards, terminated, truncated, running.copy())
+            observations, infos = next_observations, next_infos
             returns += np.where(running, rewards, 0.0)
             lengths += running
             running &= ~(terminated | truncated)

@@ -13,8 +13,9 @@ from torch import nn
 
 from ddrl import checkpoint
 from ddrl.envs import EnvInfo
-from ddrl.networks import build_actor, forward, linear_layers
+from ddrl.networks import EncodedMLP, build_actor, forward, linear_layers
 from ddrl.normalizer import normalize
+from ddrl.spaces import MASKED_LOGIT
 
 ACTIVATION_FUNCTIONS = {"tanh": torch.tanh, "relu": torch.relu}
 NUMPY_ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0.0)}
@@ -24,7 +25,10 @@ POLICY_SPEC = "policy.json"
 
 class Policy:
     """A deterministic policy: the observation's features (standardized where ``ddrl.spaces`` says), the actor,
-    then the greedy action of its head (argmax, per-dimension argmax, logit > 0, or the clipped mean)."""
+    then the greedy action of its head (argmax, per-dimension argmax, logit > 0, or the clipped mean).
+
+    PPO's policies also carry the critic (``value``) and, for Box actions, the Gaussian's log std; ES's and those
+    saved before ddrl kept them have None there."""
 
     def __init__(
         self,
@@ -33,8 +37,13 @@ class Policy:
         architecture: dict[str, Any],
         observation_mean: np.ndarray | None = None,
         observation_variance: np.ndarray | None = None,
+        *,
+        critic: nn.Module | None = None,
+        log_std: np.ndarray | None = None,
     ) -> None:
         self.actor = actor.eval()
+        self.critic = None if critic is None else critic.eval()
+        self.log_std = log_std
         self.layers = [(layer.weight, layer.bias) for layer in linear_layers(actor)]
         self.numpy_layers = [(weight.detach().numpy().T, bias.detach().numpy()) for weight, bias in self.layers]
         self.env = env
@@ -50,6 +59,44 @@ class Policy:
         """
         features, batched = self._features(observation)
         mask = self._mask(observation, info, action_mask, batched)
+        actions = self.env.action.greedy(self._output(features), mask)
+        return actions if batched else actions[0]
+
+    def action_probabilities(self, observation: Any, info: Any = None, action_mask: np.ndarray | None = None) -> np.ndarray:
+        """The probability of each action under the trained distribution (float64), for one observation or a batch:
+        Discrete, a softmax over the masked logits (n values); MultiDiscrete, each dimension's softmax, one after
+        the other (sum(nvec) values); MultiBinary, each bit's probability of 1.  The mask comes as in ``act``."""
+        action = self.env.action
+        if action.kind == "box":
+            raise ValueError(
+                f"{self.env.id}: a Box action policy has no action probabilities: it has a Gaussian's mean (the greedy "
+                "action, act) and its log std (Policy.log_std)"
+            )
+        features, batched = self._features(observation)
+        mask = self._mask(observation, info, action_mask, batched)
+        output = self._output(features).astype(np.float64)
+        if mask is not None:
+            output = np.where(mask, output, MASKED_LOGIT)
+        if action.kind == "multi_binary":
+            probabilities = np.exp(-np.logaddexp(0.0, -output))  # the sigmoid, without overflow at masked logits
+        else:
+            logits = [output[:, start : start + n] for start, n in zip(action.offsets, action.nvec)]
+            exponentials = [np.exp(values - values.max(axis=-1, keepdims=True)) for values in logits]
+            probabilities = np.concatenate([values / values.sum(axis=-1, keepdims=True) for values in exponentials], axis=-1)
+        return probabilities if batched else probabilities[0]
+
+    def value(self, observation: Any) -> np.ndarray:
+        """The critic's V(s) (float32) for one observation (a 0-d array) or a batch of them, from the features
+        ``act`` reads (standardized alike)."""
+        if self.critic is None:
+            raise ValueError(f"{self.env.id}: this policy has no critic (ES policies, and PPO policies saved before ddrl kept it)")
+        features, batched = self._features(observation)
+        with torch.inference_mode():
+            values = forward(self.critic, {name: torch.from_numpy(value) for name, value in features.items()})[:, 0].numpy()
+        return values if batched else values[0]
+
+    def _output(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        """The actor's output for a batch of features: the head's input."""
         with torch.inference_mode():
             if self.layers:
                 # The actor's layers called as functions: the same kernels (and bits) as the module, without
@@ -58,11 +105,8 @@ class Policy:
                 hidden = torch.from_numpy(features["vector"])
                 for weight, bias in self.layers[:-1]:
                     hidden = activation(nn.functional.linear(hidden, weight, bias))
-                output = nn.functional.linear(hidden, *self.layers[-1]).numpy()
-            else:
-                output = forward(self.actor, {name: torch.from_numpy(value) for name, value in features.items()}).numpy()
-        actions = self.env.action.greedy(output, mask)
-        return actions if batched else actions[0]
+                return nn.functional.linear(hidden, *self.layers[-1]).numpy()
+            return forward(self.actor, {name: torch.from_numpy(value) for name, value in features.items()}).numpy()
 
     def act_independently(self, observations: Any, info: Any = None) -> np.ndarray:
         """``act`` for a batch, each row computed by the same arithmetic as if it were alone (one NumPy matrix
@@ -103,14 +147,30 @@ class Policy:
         """Write the policy as safetensors weights plus a JSON spec; returns the directory."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        tensors = self.tensors()
+        checkpoint.atomic_write(directory / POLICY_WEIGHTS, lambda path: save_file(tensors, str(path)))
+        spec = self.spec()
+        checkpoint.atomic_write(directory / POLICY_SPEC, lambda path: path.write_text(json.dumps(spec, indent=2)))
+        return directory
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """What ``save`` writes to policy.safetensors: ``actor.*``, ``critic.*`` (without the CNN encoders it shares
+        with the actor, saved once), ``log_std``, and the observation moments."""
         tensors = {f"actor.{name}": value.detach().numpy() for name, value in self.actor.state_dict().items()}
+        if self.critic is not None:
+            shared = isinstance(self.critic, EncodedMLP) and self.critic.encoders is getattr(self.actor, "encoders", None)
+            tensors.update({f"critic.{name}": value.detach().numpy() for name, value in self.critic.state_dict().items()
+                            if not (shared and name.startswith("encoders."))})
+        if self.log_std is not None:
+            tensors["log_std"] = np.asarray(self.log_std, dtype=np.float32)
         if self.observation_mean is not None:
             tensors["observation_mean"] = np.asarray(self.observation_mean, dtype=np.float64)
             tensors["observation_variance"] = np.asarray(self.observation_variance, dtype=np.float64)
-        checkpoint.atomic_write(directory / POLICY_WEIGHTS, lambda path: save_file(tensors, str(path)))
-        spec = {"format": 2, "env": self.env.to_dict(), "architecture": self.architecture}
-        checkpoint.atomic_write(directory / POLICY_SPEC, lambda path: path.write_text(json.dumps(spec, indent=2)))
-        return directory
+        return tensors
+
+    def spec(self) -> dict[str, Any]:
+        """What ``save`` writes to policy.json."""
+        return {"format": 2, "env": self.env.to_dict(), "architecture": self.architecture}
 
 
 def load_policy(path: str | Path, best: bool = False) -> Policy:
@@ -125,10 +185,25 @@ def load_policy(path: str | Path, best: bool = False) -> Policy:
     spec_path = directory / POLICY_SPEC
     if not spec_path.exists():
         raise FileNotFoundError(f"no saved policy at {path} (expected {POLICY_SPEC})")
-    spec = json.loads(spec_path.read_text())
-    env = EnvInfo.from_dict(spec["env"])
-    tensors = load_file(str(directory / POLICY_WEIGHTS))
-    actor = build_actor(env.observation, env.action_dim, spec["architecture"], initialize=False)
-    prefix = "actor."
-    actor.load_state_dict({name[len(prefix):]: torch.from_numpy(value) for name, value in tensors.items() if name.startswith(prefix)})
-    return Policy(actor, env, spec["architecture"], tensors.get("observation_mean"), tensors.get("observation_variance"))
+    return policy_from_tensors(json.loads(spec_path.read_text()), load_file(str(directory / POLICY_WEIGHTS)))
+
+
+def policy_from_tensors(spec: dict[str, Any], tensors: dict[str, np.ndarray]) -> Policy:
+    """The policy of a ``Policy.spec()`` and its ``Policy.tensors()`` (what ``load_policy`` reads from files)."""
+    env, architecture = EnvInfo.from_dict(spec["env"]), spec["architecture"]
+    actor = build_actor(env.observation, env.action_dim, architecture, initialize=False)
+    actor.load_state_dict(_prefixed(tensors, "actor."))
+    critic = None
+    critic_tensors = _prefixed(tensors, "critic.")
+    if critic_tensors:  # PPO's critic network: the actor's structure with one output
+        critic = build_actor(env.observation, 1, architecture, initialize=False)
+        if isinstance(critic, EncodedMLP) and not any(name.startswith("encoders.") for name in critic_tensors):
+            critic.encoders = actor.encoders  # shared with the actor, as in training, and saved with it
+            critic_tensors.update({f"encoders.{name}": value for name, value in _prefixed(tensors, "actor.encoders.").items()})
+        critic.load_state_dict(critic_tensors)
+    return Policy(actor, env, architecture, tensors.get("observation_mean"), tensors.get("observation_variance"),
+                  critic=critic, log_std=tensors.get("log_std"))
+
+
+def _prefixed(tensors: dict[str, np.ndarray], prefix: str) -> dict[str, torch.Tensor]:
+    return {name[len(prefix):]: torch.from_numpy(value) for name, value in tensors.items() if name.startswith(prefix)}

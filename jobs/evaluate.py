@@ -1,7 +1,8 @@
 """Evaluate a saved policy without Spark: ``python jobs/evaluate.py RUN_DIR --episodes 20 [--gif out.gif]``.
 
 Loads the policy (no pickle), runs N episodes of the run's environment in parallel and prints the mean and
-standard deviation of the return.  ``--gif`` also records one greedy episode as an animated GIF (rendered
+standard deviation of the return.  ``--record PATH`` writes the episodes' transitions as Parquet
+(``ddrl.data.trajectories``: ``spark.read.parquet(PATH)``; episode i from seed ``--seed`` + i).  ``--gif`` also records one greedy episode as an animated GIF (rendered
 off-screen with render_mode="rgb_array"; MuJoCo envs need ``MUJOCO_GL=egl`` or ``osmesa`` without a display).
 """
 
@@ -15,7 +16,8 @@ import gymnasium as gym
 import numpy as np
 
 import ddrl
-from ddrl import config as config_module, extras
+from ddrl import config as config_module, envs, extras
+from ddrl.data import trajectories
 from ddrl.envs import evaluate
 from ddrl.run import CONFIG_FILE
 
@@ -26,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--best", action="store_true", help="the run's best-evaluated policy (best/) instead of its final one")
     parser.add_argument("--seed", type=int, default=12345, help="seed of the evaluation episodes")
+    parser.add_argument("--record", metavar="PATH", help="write the episodes' transitions to PATH/evaluation-seed-<seed>.parquet")
     parser.add_argument("--gif", type=Path, metavar="OUT.gif", help="record one episode of the policy as an animated GIF")
     parser.add_argument("--gif-every", type=int, default=2, metavar="K", help="keep every K-th frame (default 2)")
     parser.add_argument("--gif-width", type=int, default=320, metavar="PIXELS", help="frame width (default 320)")
@@ -39,9 +42,19 @@ def main(argv: list[str] | None = None) -> int:
     except (ddrl.ConfigError, FileNotFoundError) as error:
         print(f"ddrl: {error}", file=sys.stderr)
         return 2
-    returns, lengths = evaluate(policy.act, config.env, args.episodes, args.seed)
+    recorder = None
+    if args.record is not None:
+        spaces = envs.make_env(config.env)
+        seeds = [args.seed + episode for episode in range(args.episodes)]
+        recorder = trajectories.EpisodeRecorder(spaces.observation_space, spaces.action_space, seeds, mask=policy.env.mask,
+                                                value=policy.value if policy.critic is not None else None)
+        spaces.close()
+    returns, lengths = evaluate(policy.act, config.env, args.episodes, args.seed, on_step=recorder)
     print(f"{config.env.id}: return {returns.mean():.1f} +- {returns.std():.1f} over {args.episodes} episodes "
           f"(mean length {lengths.mean():.0f})")
+    if recorder is not None:
+        path = trajectories.write(trajectories.absolute(args.record), trajectories.evaluation_file_name(args.seed), recorder.table())
+        print(f"recorded {int(lengths.sum())} transitions of {args.episodes} episodes in {path}")
     if args.gif is not None:
         try:
             episode_return, length, frames = record_gif(

@@ -32,6 +32,7 @@ import time
 from typing import Annotated, Any, Literal
 
 import numpy as np
+import pyarrow as pa
 import torch
 from pydantic import Field
 from torch import nn
@@ -40,6 +41,7 @@ from ddrl import carry, envs as envs_module, noise_scale
 from ddrl.carry import EnvCursor
 from ddrl.checkpoint import State
 from ddrl.config import Config, ConfigError, StrictModel
+from ddrl.data import trajectories
 from ddrl.envs import EnvInfo
 from ddrl.merge import BYTES_PER_FIXED_VALUE, BYTES_PER_WEIGHTED_VALUE, FixedPoint, MergedResult, TaskOutput
 from ddrl.normalizer import EPSILON, Moments, standardize
@@ -215,6 +217,8 @@ class Batch:
     discounted_returns: np.ndarray
     episode_returns: np.ndarray
     episode_lengths: np.ndarray
+    transitions: dict[str, Any] | None = None
+    """With ``record``: the valid steps as ``ddrl.data.trajectories.table`` takes them."""
 
 
 def collect_round(
@@ -227,11 +231,13 @@ def collect_round(
     obs_mean: np.ndarray,
     obs_std: np.ndarray,
     reward_scale: float,
+    record: bool = False,
 ) -> tuple[Batch, EnvCursor]:
     """num_steps steps of every env with the current policy, from where ``cursor`` left them.
 
     Per step only the actor runs, in NumPy for an MLP with noise drawn up front (torch's per-call cost is larger
-    than a CartPole step); values and log-probs come from one batched torch pass afterwards.
+    than a CartPole step); values and log-probs come from one batched torch pass afterwards.  ``record`` keeps
+    the raw observations and the games' seeds as well, for ``Batch.transitions`` (carried envs only).
     """
     num_steps, num_envs, obs_dim = hp.num_steps, len(cursor.ended), env.observation_dim
     noise = env.action.noise(rng, (num_steps, num_envs))
@@ -256,6 +262,8 @@ def collect_round(
             masks[t] = mask
 
     record(0, cursor.features, cursor.mask)
+    raw_batches, env_actions = ([cursor.observation], []) if record else (None, None)
+    episode_seeds = [carry.episode_seeds(vector_env)] if record else None
     for t in range(num_steps):
         if layers:
             output = actor_forward(layers, observations[t], hp.activation)
@@ -265,6 +273,10 @@ def collect_round(
         actions[t], env_action = env.action.sample(output, noise[t], None if masks is None else masks[t])
         observation, rewards[t], terminated[t], truncated[t], info = vector_env.step(env_action)
         record(t + 1, env.observation.features(observation), env.mask(observation, info))
+        if record:
+            raw_batches.append(observation)
+            env_actions.append(env_action)
+            episode_seeds.append(carry.episode_seeds(vector_env))
 
     # With NEXT_STEP autoreset, the step after an episode ends only resets that env (reward 0, not done): it is
     # not a transition.  That includes a round's first step when the previous round's last step ended an episode.
@@ -307,9 +319,23 @@ def collect_round(
         discounted_returns=discounted_returns,
         episode_returns=episode_returns,
         episode_lengths=episode_lengths,
+        transitions=None if not record else {
+            "env": np.broadcast_to(np.arange(num_envs), valid.shape)[valid],
+            "episode": np.stack(episode_seeds[:-1])[valid],
+            "step": _steps_in_episodes(valid, done, cursor.episode_length)[valid],
+            "observation": trajectories.select(vector_env.single_observation_space, trajectories.stack(vector_env.single_observation_space, raw_batches[:-1]), valid),
+            "action": np.stack(env_actions)[valid],  # as the env received it (a Box action clipped to its bounds)
+            "reward": rewards[valid],
+            "terminated": terminated[valid],
+            "truncated": truncated[valid],
+            "log_prob": b_log_probs.numpy(),
+            "value": values[valid],
+            "action_mask": None if masks is None else masks[:-1][valid],
+        },
     )
     last = {"vector": raw_observations[num_steps], **{name: value[num_steps] for name, value in images.items()}}
-    cursor = EnvCursor(last, None if masks is None else masks[num_steps], done[-1], running_return, running_length, running_discounted)
+    cursor = EnvCursor(last, None if masks is None else masks[num_steps], done[-1], running_return, running_length, running_discounted,
+                       observation if num_steps else cursor.observation)
     return batch, cursor
 
 
@@ -415,6 +441,7 @@ class PPO:
         adam_keys = ("adam_step", "adam_v_means", "adam_m", "adam_v")
         learning_rate = self._learning_rate_scale(state) * self.hp.learning_rate
         return {
+            "iteration": iteration + 1,  # as the run's metrics number it
             "params": state["params"],
             "learning_rates": [learning_rate * (fraction if self.hp.anneal_lr else 1.0) for fraction in annealed],
             "obs_mean": obs.mean,
@@ -471,7 +498,7 @@ class PPO:
         mean_sq_change = float(np.dot(samples, change_sq_norms) / samples.sum())
         metrics = {
             name: float(np.mean([task[name] for task in tasks]))
-            for name in (*LOSSES, "explained_variance", "learning_rate", "rollout_s", "update_s")
+            for name in (*LOSSES, "explained_variance", "learning_rate", "rollout_s", "update_s", "record_s") if name in tasks[0]
         }
         metrics["drift"] = math.sqrt(max(mean_sq_change - float(np.dot(mean_change, mean_change)), 0.0))
         metrics["update_norm"] = float(np.linalg.norm(new_state["params"] - state["params"]))
@@ -513,7 +540,9 @@ class PPO:
         load_flat_parameters(model, params)
         normalized = self.hp.normalize_observation
         architecture = ActorCritic.architecture(self.hp, self.env)
-        return Policy(model.actor, self.env, architecture, obs_mean if normalized else None, obs_variance if normalized else None)
+        log_std = model.log_std.detach().numpy() if self.env.action.kind == "box" else None
+        return Policy(model.actor, self.env, architecture, obs_mean if normalized else None, obs_variance if normalized else None,
+                      critic=model.critic, log_std=log_std)
 
     def task_carry_bytes(self) -> int:
         """The most bytes one task's carried games take: its envs' longest possible games, which the time limit
@@ -554,9 +583,14 @@ class PPO:
         explained, updates, rollout_seconds, update_seconds, samples = [], 0, 0.0, 0.0, 0
         # What the driver's statistics need from each round; the round's training batch itself is dropped.
         seen_observations, discounted_returns, episode_returns, episode_lengths = [], [], [], []
+        record_to = self.config.output.record_experience
+        recorded: list[Any] = []
         for learning_rate in payload["learning_rates"]:
             started = time.perf_counter()
-            batch, cursor = collect_round(vector_env, model, cursor, rng, hp, self.env, obs_mean, obs_std, reward_scale)
+            batch, cursor = collect_round(vector_env, model, cursor, rng, hp, self.env, obs_mean, obs_std, reward_scale, record=record_to is not None)
+            if record_to is not None:
+                recorded.append(trajectories.table(vector_env.single_observation_space, vector_env.single_action_space,
+                                                   iteration=payload["iteration"], task=task_index, **batch.transitions))
             rollout_seconds += time.perf_counter() - started
             started = time.perf_counter()
             optimizer.param_groups[0]["lr"] = learning_rate
@@ -569,6 +603,10 @@ class PPO:
             episode_returns.append(batch.episode_returns)
             episode_lengths.append(batch.episode_lengths)
 
+        if record_to is not None:
+            started = time.perf_counter()
+            trajectories.write(record_to, trajectories.file_name(payload["iteration"], task_index), pa.concat_tables(recorded))
+            record_seconds = time.perf_counter() - started
         change = flat_parameters(model).astype(np.float64) - payload["params"]
         obs_moments = Moments.of(np.concatenate(seen_observations))
         return_moments = Moments.of(np.concatenate(discounted_returns))
@@ -589,6 +627,8 @@ class PPO:
             "update_s": update_seconds,
             "task_index": task_index,
         }
+        if record_to is not None:
+            records["record_s"] = record_seconds
         if hp.carry_episodes:
             records.update({f"carry.{name}": value for name, value in carry.capture(carry_key, vector_env, cursor).arrays().items()})
             records.update(replayed_steps=resumed.replayed_steps, replay_failures=resumed.replay_failures,
@@ -642,6 +682,16 @@ def _finished_episodes(
         running_return[env] = cumulative_return[-1] - (cumulative_return[last_end] if last_end is not None else 0.0)
         running_length[env] = cumulative_length[-1] - (cumulative_length[last_end] if last_end is not None else 0)
     return np.concatenate(returns), np.concatenate(lengths).astype(np.int64), running_return, running_length
+
+
+def _steps_in_episodes(valid: np.ndarray, done: np.ndarray, carried_length: np.ndarray) -> np.ndarray:
+    """Each valid step's number within its episode, the first episode of each env going on from ``carried_length``."""
+    steps = np.zeros(valid.shape, dtype=np.int64)
+    counter = np.asarray(carried_length, dtype=np.int64).copy()
+    for t in range(len(valid)):
+        steps[t] = counter
+        counter = np.where(done[t], 0, counter + valid[t])
+    return steps
 
 
 def _discounted_returns(rewards: np.ndarray, valid: np.ndarray, gamma: float, carried: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -699,6 +749,9 @@ def _moments_from_state(prefix: str, state: State) -> Moments:
 
 def check(config: Config) -> None:
     """Checks that span config sections, run when the config is loaded (before Spark starts)."""
+    if config.output.record_experience is not None and not config.hyperparameters.carry_episodes:
+        raise ConfigError("output.record_experience: recorded episodes are named by the seed their game began with, "
+                          "which only carried episodes have (ppo.carry_episodes: true, the default; EnvPool cannot carry)")
     if config.hyperparameters.carry_episodes and config.env.envpool is not None:
         raise ConfigError("env.envpool: EnvPool's envs cannot be replayed one by one, which carried episodes need "
                           "(ppo.carry_episodes); set ppo.carry_episodes: false to train with EnvPool")
