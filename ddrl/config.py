@@ -17,7 +17,7 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-ALGORITHMS = {"ppo": "ddrl.algorithms.ppo", "es": "ddrl.algorithms.es"}
+ALGORITHMS = {"ppo": "ddrl.algorithms.ppo", "es": "ddrl.algorithms.es", "bc": "ddrl.algorithms.bc"}
 """Algorithm name to the module that implements it (see ``ddrl.algorithms``)."""
 
 
@@ -108,6 +108,23 @@ class OutputConfig(StrictModel):
         return None if value is None else trajectories.absolute(value)
 
 
+class InitConfig(StrictModel):
+    policy: str | None = Field(
+        None, min_length=1, description="Start from this saved policy (a run or policy directory, e.g. a BC run's): "
+        "its actor, its critic where it has one, its Gaussian log std and its observation moments (algo ppo)."
+    )
+
+    @field_validator("policy")
+    @classmethod
+    def _exists(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        path = Path(value).expanduser().resolve()
+        if not path.exists():
+            raise ValueError(f"no such run or policy directory: {value}")
+        return str(path)
+
+
 class Config(StrictModel):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = Field(0, ge=0, lt=2**63)
@@ -116,6 +133,7 @@ class Config(StrictModel):
     spark: SparkConfig = SparkConfig()
     train: TrainConfig
     output: OutputConfig = OutputConfig()
+    init: InitConfig = InitConfig()
     hyperparameters: Any = Field(None, exclude=True, description="The algorithm's section, validated by its module.")
 
     def to_dict(self) -> dict[str, Any]:

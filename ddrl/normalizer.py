@@ -8,6 +8,7 @@ task order, so that the result is reproducible.
 from __future__ import annotations
 
 import dataclasses
+from typing import Mapping
 
 import numpy as np
 
@@ -59,3 +60,16 @@ def standardize(values: np.ndarray, mean: np.ndarray, std: np.ndarray, where: np
     # minimum/maximum rather than np.clip: the same values, at half the per-call cost
     standardized = np.minimum(np.maximum((values - mean) / std, -CLIP), CLIP)
     return standardized if where is None else np.where(where, standardized, values)
+
+
+def moments_to_state(prefix: str, moments: Moments) -> dict[str, np.ndarray]:
+    """``moments`` as an algorithm's state keeps them (checkpoints hold plain arrays): ``<prefix>_count`` etc."""
+    return {
+        f"{prefix}_count": np.array(moments.count),
+        f"{prefix}_mean": np.asarray(moments.mean, dtype=np.float64),
+        f"{prefix}_m2": np.asarray(moments.m2, dtype=np.float64),
+    }
+
+
+def moments_from_state(prefix: str, state: Mapping[str, np.ndarray]) -> Moments:
+    return Moments(float(state[f"{prefix}_count"]), state[f"{prefix}_mean"], state[f"{prefix}_m2"])

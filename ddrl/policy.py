@@ -40,6 +40,7 @@ class Policy:
         *,
         critic: nn.Module | None = None,
         log_std: np.ndarray | None = None,
+        observation_count: float | None = None,
     ) -> None:
         self.actor = actor.eval()
         self.critic = None if critic is None else critic.eval()
@@ -50,6 +51,8 @@ class Policy:
         self.architecture = architecture
         self.observation_mean = observation_mean
         self.observation_variance = observation_variance
+        self.observation_count = observation_count
+        """How many observations the moments summarize (what a run that starts from the policy weighs them by)."""
 
     def act(self, observation: Any, info: Any = None, action_mask: np.ndarray | None = None) -> np.ndarray:
         """The action for one observation, or a batch of actions for a batch of observations.
@@ -166,6 +169,8 @@ class Policy:
         if self.observation_mean is not None:
             tensors["observation_mean"] = np.asarray(self.observation_mean, dtype=np.float64)
             tensors["observation_variance"] = np.asarray(self.observation_variance, dtype=np.float64)
+        if self.observation_count is not None:
+            tensors["observation_count"] = np.asarray(self.observation_count, dtype=np.float64)
         return tensors
 
     def spec(self) -> dict[str, Any]:
@@ -202,7 +207,8 @@ def policy_from_tensors(spec: dict[str, Any], tensors: dict[str, np.ndarray]) ->
             critic_tensors.update({f"encoders.{name}": value for name, value in _prefixed(tensors, "actor.encoders.").items()})
         critic.load_state_dict(critic_tensors)
     return Policy(actor, env, architecture, tensors.get("observation_mean"), tensors.get("observation_variance"),
-                  critic=critic, log_std=tensors.get("log_std"))
+                  critic=critic, log_std=tensors.get("log_std"),
+                  observation_count=float(tensors["observation_count"]) if "observation_count" in tensors else None)
 
 
 def _prefixed(tensors: dict[str, np.ndarray], prefix: str) -> dict[str, torch.Tensor]:

@@ -21,8 +21,11 @@ Parts (``--only`` takes one or more, comma-separated or repeated; default all, i
                   CartPole PPO and a 1M-parameter PPO (#11);
 * ``simulated_cluster`` iteration speed-up of PPO and ES with 1, 4, 16 and 32 tasks on local[N] when each env step
                   waits 4 ms instead of using a core (#12);
-* ``scaling_law`` iterations and env steps to a target return at 1 to 32 tasks, each rule of ``ppo.task_scaling``,
-                  and the projected time-to-target speed-up on a cluster with a core per task, with a plot (#21);
+* ``scaling_law`` iterations and env steps to a target return at 1 to 32 tasks, the default rule of
+                  ``ppo.task_scaling`` and plain averaging, and the projected time-to-target speed-up on a cluster
+                  with a core per task, with a plot (#21);
+* ``data``        the cost of recording trajectories, ``ddrl.score``'s rows per second against ``Policy.act``, and
+                  CartPole to the target by BC on recorded episodes then PPO, against PPO from scratch (#23);
 * ``time_to_target`` wall time to SB3's 15-minute return on HalfCheetah-v5 and Hopper-v5: SB3 PPO (rl-zoo) on one
                   core against ddrl's tuned PPO on local[2] and local[1] (#12);
 * ``pixels``      PPO from pixels on MinAtar Breakout and, with ``--atari-steps``, Atari Breakout (once per
@@ -76,6 +79,7 @@ from jobs.benchmark_parts.pixels import pixels
 from jobs.benchmark_parts.rounds import rounds
 from jobs.benchmark_parts.sb3 import sb3_atari, sb3_cartpole, sb3_mujoco
 from jobs.benchmark_parts.scaling import scaling
+from jobs.benchmark_parts.data import data
 from jobs.benchmark_parts.scaling_law import scaling_law
 from jobs.benchmark_parts.simulated_cluster import simulated_cluster
 from jobs.benchmark_parts.sweep import sweep
@@ -84,9 +88,9 @@ from jobs.benchmark_parts.time_to_target import time_to_target
 from jobs.benchmark_parts.vs_sb3 import vs_sb3
 
 PARTS = ("throughput", "breakdown", "carry", "cost_model", "rounds", "large_model", "scaling", "vs_sb3", "halfcheetah", "connect",
-         "simulated_cluster", "scaling_law", "time_to_target", "pixels", "sweep")
+         "simulated_cluster", "scaling_law", "data", "time_to_target", "pixels", "sweep")
 """In running order: the in-process parts first (one Spark session), then those that start their own."""
-IN_PROCESS = ("throughput", "breakdown", "carry", "cost_model", "rounds", "large_model", "scaling_law")
+IN_PROCESS = ("throughput", "breakdown", "carry", "cost_model", "rounds", "large_model", "scaling_law", "data")
 
 RUNNERS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "throughput": throughput,
@@ -101,6 +105,7 @@ RUNNERS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "connect": connect,
     "simulated_cluster": simulated_cluster,
     "scaling_law": scaling_law,
+    "data": data,
     "time_to_target": time_to_target,
     "pixels": pixels,
     "sweep": sweep,

@@ -44,9 +44,9 @@ from ddrl.config import Config, ConfigError, StrictModel
 from ddrl.data import trajectories
 from ddrl.envs import EnvInfo
 from ddrl.merge import BYTES_PER_FIXED_VALUE, BYTES_PER_WEIGHTED_VALUE, FixedPoint, MergedResult, TaskOutput
-from ddrl.normalizer import EPSILON, Moments, standardize
+from ddrl.normalizer import EPSILON, Moments, moments_from_state, moments_to_state, standardize
 from ddrl.networks import build_encoders, encode, forward, head, linear_layers, network, resolve_cnn
-from ddrl.policy import Policy
+from ddrl.policy import Policy, load_policy
 from ddrl.seeding import Stream, derive_seed, env_seed
 from ddrl.worker_cache import WorkerCache
 
@@ -416,11 +416,15 @@ class PPO:
     # ---- driver side ---------------------------------------------------------------------------------------
     def initial_state(self) -> State:
         torch.manual_seed(derive_seed(self.config.seed, 0, 0, Stream.INITIALIZATION))
-        params = flat_parameters(ActorCritic(self.env, self.hp, initialize=self.hp.ortho_init))
+        model = ActorCritic(self.env, self.hp, initialize=self.hp.ortho_init)
+        observations = Moments.empty((self.env.observation_dim,))
+        if self.config.init.policy is not None:
+            observations = self._start_from(model, load_policy(self.config.init.policy)) or observations
+        params = flat_parameters(model)
         state = {
             "params": params,
-            **_moments_state("obs", Moments.empty((self.env.observation_dim,))),
-            **_moments_state("return", Moments.empty(())),
+            **moments_to_state("obs", observations),
+            **moments_to_state("return", Moments.empty(())),
         }
         if self.hp.adam_moments != "restart":
             state["adam_step"] = np.array(0.0)
@@ -432,12 +436,35 @@ class PPO:
             state["outer_momentum_buffer"] = np.zeros_like(params)
         return {**state, **noise_scale.initial_state()}
 
+    def _start_from(self, model: ActorCritic, start: Policy) -> Moments | None:
+        """``model`` with the saved policy's actor, critic (where it has one) and log std (``init.policy``); the
+        policy's observation moments, where it has them and this run normalizes."""
+        where = f"init.policy: {self.config.init.policy}"
+        if (start.env.observation.to_dict(), start.env.action.to_dict()) != (self.env.observation.to_dict(), self.env.action.to_dict()):
+            raise ConfigError(f"{where}: its policy was trained on {start.env.id}, whose observations or actions differ from {self.env.id}'s")
+        architecture = ActorCritic.architecture(self.hp, self.env)
+        if start.architecture != architecture:
+            raise ConfigError(f"{where}: its network {start.architecture} is not this run's {architecture}: set ppo.hidden_sizes, "
+                              "ppo.activation and ppo.cnn as it has them")
+        model.actor.load_state_dict(start.actor.state_dict())
+        if start.critic is not None:
+            model.critic.load_state_dict(start.critic.state_dict())
+        if start.log_std is not None and self.env.action.kind == "box":
+            model.log_std.data = torch.as_tensor(start.log_std, dtype=torch.float32).clone()
+        if (start.observation_mean is not None) != self.hp.normalize_observation:
+            reads = "standardized" if start.observation_mean is not None else "raw"
+            raise ConfigError(f"{where}: its policy reads {reads} observations: set ppo.normalize_observation: {str(reads == 'standardized').lower()}")
+        if start.observation_mean is None:
+            return None
+        count = 1.0 if start.observation_count is None else float(start.observation_count)  # saved before ddrl kept it: one sample's weight
+        return Moments(count, np.asarray(start.observation_mean, dtype=np.float64), np.asarray(start.observation_variance, dtype=np.float64) * count)
+
     def task_payload(self, state: State, iteration: int) -> dict[str, Any]:
         """theta, a learning rate per local round (annealed linearly over all rounds of the run), the
         normalizers, and the Adam state ``adam_moments`` keeps."""
         rounds, total_rounds = self.hp.local_rounds, self.hp.local_rounds * self.num_iterations
         annealed = [max(1.0 - (iteration * rounds + k) / total_rounds, 0.0) for k in range(rounds)]
-        obs = _moments_from_state("obs", state)
+        obs = moments_from_state("obs", state)
         adam_keys = ("adam_step", "adam_v_means", "adam_m", "adam_v")
         learning_rate = self._learning_rate_scale(state) * self.hp.learning_rate
         return {
@@ -446,7 +473,7 @@ class PPO:
             "learning_rates": [learning_rate * (fraction if self.hp.anneal_lr else 1.0) for fraction in annealed],
             "obs_mean": obs.mean,
             "obs_variance": obs.variance,
-            "return_variance": float(_moments_from_state("return", state).variance),
+            "return_variance": float(moments_from_state("return", state).variance),
             **{key: state[key] for key in adam_keys if key in state},
             # Each task's carried episodes (ddrl.carry); a task index without one starts new episodes.
             "carries": {index: arrays for index, arrays in carry.carries_in_state(state).items() if index < self.config.spark.num_tasks},
@@ -480,11 +507,11 @@ class PPO:
             step = hp.outer_lr * scaled_change
         new_state["params"] = (state["params"] + step).astype(np.float32)
 
-        obs, returns = _moments_from_state("obs", state), _moments_from_state("return", state)
+        obs, returns = moments_from_state("obs", state), moments_from_state("return", state)
         for task in tasks:
             obs = obs.combine(Moments(task["obs_count"], task["obs_mean"], task["obs_m2"]))
             returns = returns.combine(Moments(task["return_count"], task["return_mean"], task["return_m2"]))
-        new_state.update(_moments_state("obs", obs), **_moments_state("return", returns))
+        new_state.update(moments_to_state("obs", obs), **moments_to_state("return", returns))
         if "adam_step" in state:
             new_state["adam_step"] = np.array(float(state["adam_step"]) + np.mean([task["updates"] for task in tasks]))
         if hp.adam_moments == "fedadamw":
@@ -529,20 +556,20 @@ class PPO:
         return carry.replace_in_state(state, carries)
 
     def policy(self, state: State) -> Policy:
-        obs = _moments_from_state("obs", state)
-        return self._policy(state["params"], obs.mean, obs.variance)
+        obs = moments_from_state("obs", state)
+        return self._policy(state["params"], obs.mean, obs.variance, obs.count)
 
     def payload_policy(self, payload: dict[str, Any]) -> Policy:
         return self._policy(payload["params"], payload["obs_mean"], payload["obs_variance"])
 
-    def _policy(self, params: np.ndarray, obs_mean: np.ndarray, obs_variance: np.ndarray) -> Policy:
+    def _policy(self, params: np.ndarray, obs_mean: np.ndarray, obs_variance: np.ndarray, obs_count: float | None = None) -> Policy:
         model = ActorCritic(self.env, self.hp, initialize=False)
         load_flat_parameters(model, params)
         normalized = self.hp.normalize_observation
         architecture = ActorCritic.architecture(self.hp, self.env)
         log_std = model.log_std.detach().numpy() if self.env.action.kind == "box" else None
         return Policy(model.actor, self.env, architecture, obs_mean if normalized else None, obs_variance if normalized else None,
-                      critic=model.critic, log_std=log_std)
+                      critic=model.critic, log_std=log_std, observation_count=obs_count if normalized else None)
 
     def task_carry_bytes(self) -> int:
         """The most bytes one task's carried games take: its envs' longest possible games, which the time limit
@@ -733,18 +760,6 @@ def _flat_adam_moments(optimizer: torch.optim.Adam, model: nn.Module) -> tuple[n
     first = torch.cat([state["exp_avg"].reshape(-1) for state in states]).numpy()
     second = torch.cat([state["exp_avg_sq"].reshape(-1) for state in states]).numpy()
     return first.astype(np.float32), second.astype(np.float32)
-
-
-def _moments_state(prefix: str, moments: Moments) -> State:
-    return {
-        f"{prefix}_count": np.array(moments.count),
-        f"{prefix}_mean": np.asarray(moments.mean, dtype=np.float64),
-        f"{prefix}_m2": np.asarray(moments.m2, dtype=np.float64),
-    }
-
-
-def _moments_from_state(prefix: str, state: State) -> Moments:
-    return Moments(float(state[f"{prefix}_count"]), state[f"{prefix}_mean"], state[f"{prefix}_m2"])
 
 
 def check(config: Config) -> None:

@@ -40,6 +40,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyarrow import fs
 
@@ -188,3 +189,49 @@ class EpisodeRecorder:
             value=None if values[0] is None else np.stack(values)[valid],
             action_mask=None if masks[0] is None else np.stack([np.asarray(mask, dtype=bool).reshape(valid.shape[1], -1) for mask in masks])[valid],
         )
+
+
+def space_values(space: gym.Space, array: pa.Array | pa.ChunkedArray, label: str) -> Any:
+    """The inverse of ``space_array``: a column as a batch of the space's values, (rows, *shape) in its dtype (a
+    dict for Dict spaces, from a struct column).  Lists may be flat or nested one level per axis.  ``ValueError``
+    names ``label`` for a column of the wrong kind or length, or with nulls."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if array.null_count:
+        raise ValueError(f"{label}: {array.null_count} null values")
+    if isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)):
+        if not pa.types.is_struct(array.type):
+            raise ValueError(f"{label}: a {type(space).__name__} observation needs a struct column with a field per key, not {array.type}")
+        keys = list(space.spaces) if isinstance(space, gym.spaces.Dict) else [str(index) for index in range(len(space.spaces))]
+        missing = [key for key in keys if array.type.get_field_index(key) < 0]
+        if missing:
+            raise ValueError(f"{label}: no field {', '.join(missing)} (the struct has {', '.join(field.name for field in array.type)})")
+        values = [space_values(subspace, array.field(key), f"{label}.{key}") for key, subspace in zip(keys, space.spaces.values() if isinstance(space, gym.spaces.Dict) else space.spaces)]
+        return dict(zip(keys, values)) if isinstance(space, gym.spaces.Dict) else tuple(values)
+    rows, shape = len(array), tuple(getattr(space, "shape", ()) or ())
+    while pa.types.is_list(array.type) or pa.types.is_fixed_size_list(array.type) or pa.types.is_large_list(array.type):
+        array = pc.list_flatten(array)
+    if not (pa.types.is_integer(array.type) or pa.types.is_floating(array.type) or pa.types.is_boolean(array.type)):
+        raise ValueError(f"{label}: numbers or lists of numbers expected, not {array.type}")
+    values = array.to_numpy(zero_copy_only=False)
+    size = int(np.prod(shape, dtype=np.int64))
+    if len(values) != rows * size:
+        raise ValueError(f"{label}: each row must hold {size} values (shape {list(shape)}), the column has {len(values)} for {rows} rows")
+    return values.reshape(rows, *shape).astype(space.dtype, copy=False)
+
+
+def outside(space: gym.Space, values: np.ndarray) -> np.ndarray:
+    """Which rows of a batch of actions (``space_values``) the space does not contain."""
+    rows = len(values)
+    flat = np.asarray(values).reshape(rows, -1)
+    if isinstance(space, gym.spaces.Discrete):
+        inside = (flat >= space.start) & (flat < space.start + space.n)
+    elif isinstance(space, gym.spaces.MultiDiscrete):
+        inside = (flat >= space.start.reshape(-1)) & (flat < (space.start + space.nvec).reshape(-1))
+    elif isinstance(space, gym.spaces.MultiBinary):
+        inside = (flat == 0) | (flat == 1)
+    elif isinstance(space, gym.spaces.Box):
+        inside = (flat >= space.low.reshape(-1)) & (flat <= space.high.reshape(-1))
+    else:
+        return np.array([not space.contains(value) for value in values])
+    return ~inside.all(axis=1)

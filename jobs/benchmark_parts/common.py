@@ -123,6 +123,10 @@ class Sizes:
     sweep_budget: int | None = None  # None: the config's budget
     carry_iterations: dict[str, int] = dataclasses.field(  # the first of each is not measured
         default_factory=lambda: {"CartPole PPO": 21, "HalfCheetah PPO": 9, "Breakout PPO": 5})
+    data_iterations: int = 11  # the first (workers start, evaluation) is not measured
+    data_score_rows: dict[str, int] = dataclasses.field(default_factory=lambda: {"MLP (CartPole)": 200_000, "CNN (Breakout, 84x84x4)": 4_096})
+    data_bc_seeds: tuple[int, ...] = (1, 2, 3)
+    data_teacher_episodes: int = 10
     scaling_law_cases: dict[str, LawCase] = dataclasses.field(
         default_factory=lambda: {
             # The default rule leaves a learning rate at or above ppo.max_scaled_learning_rate (CartPole's and
@@ -179,6 +183,10 @@ class Sizes:
             sweep_halving_min_steps=4096,
             sweep_budget=8192,
             carry_iterations={"CartPole PPO": 2, "HalfCheetah PPO": 2, "Breakout PPO": 2},
+            data_iterations=2,
+            data_score_rows={"MLP (CartPole)": 2_048, "CNN (Breakout, 84x84x4)": 64},
+            data_bc_seeds=(1,),
+            data_teacher_episodes=2,
             scaling_law_cases={"CartPole PPO": LawCase("conf/cartpole_ppo.yaml", 50.0, 3, (1, 2), (1,), PPO_TASK_SCALING)},
         )
 

@@ -1,0 +1,193 @@
+"""Behaviour cloning (Pomerleau 1991): the policy fitted to the actions of logged transitions, by maximum
+likelihood, with the same Spark loop as PPO.
+
+The table (``bc.data``, Parquet: ddrl's trajectory schema, ``ddrl.data.trajectories``, or a user's with
+``bc.observation`` and ``bc.action`` naming the columns) is checked once on the driver.  Every iteration task i
+of N takes the i-th contiguous share of its rows (``ddrl.data.tables``), in the files' order, so that a retried
+task reads the same rows, and runs ``epochs`` passes of Adam over them from the broadcast theta:
+
+    Discrete, MultiDiscrete, MultiBinary actions:  L(theta) = -mean log pi_theta(a | s)
+    Box actions:                                   L(theta) = mean |mu_theta(s) - a|^2   (mu: the greedy action's mean)
+
+It returns its change Delta_i = theta_i - theta, weighted by its rows, as fixed-point values (exact in any
+order), and the driver steps theta <- theta + sum_i n_i Delta_i / sum_i n_i.  The first iteration only measures
+the observations' moments (the normalizer every task must share before it trains); its change is zero.
+
+The saved policy is an actor of PPO's architecture (``hidden_sizes``, ``activation``, ``cnn``), so that PPO can
+start from it (``init.policy``); Box policies keep ``log_std_init`` as their log std.  ``train.total_env_steps``
+counts the rows trained on (rows x epochs per iteration): BC takes no env steps; it evaluates in the env.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from ddrl.algorithms.ppo import MAX_PARAMETER_CHANGE, flat_parameters, load_flat_parameters
+from ddrl.checkpoint import State
+from ddrl.config import Config, ConfigError, StrictModel
+from ddrl.data import trajectories
+from ddrl.data.tables import ParquetTable
+from ddrl.envs import EnvInfo, make_env
+from ddrl.merge import BYTES_PER_FIXED_VALUE, FixedPoint, MergedResult, TaskOutput
+from ddrl.networks import build_actor, forward, resolve_cnn
+from ddrl.normalizer import Moments, moments_from_state, moments_to_state, normalize
+from ddrl.policy import Policy
+from ddrl.seeding import Stream, derive_seed
+from ddrl.worker_cache import WorkerCache
+
+
+class Hyperparameters(StrictModel):
+    """The ``bc:`` section of a config."""
+
+    data: str = Field(min_length=1, description="The logged transitions: a Parquet file or directory (local, mounted, or a URI pyarrow reads).")
+    observation: str = Field("observation", min_length=1, description="The column of observations (struct columns for Dict spaces).")
+    action: str = Field("action", min_length=1, description="The column of actions taken.")
+    epochs: int = Field(1, ge=1, description="Passes of each task over its rows per iteration.")
+    minibatch_size: int = Field(256, ge=1)
+    learning_rate: float = Field(1e-3, gt=0, le=1)
+    max_grad_norm: float = Field(0.5, gt=0)
+    normalize_observation: bool = Field(False, description="Standardize the vector features with the table's moments (as "
+                                        "ppo.normalize_observation: a PPO run that starts from the policy must say the same).")
+    hidden_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [64, 64], description="As ppo.hidden_sizes.")
+    activation: Literal["tanh", "relu"] = "tanh"
+    cnn: Literal["auto", "nature", "small"] = Field("auto", description="As ppo.cnn.")
+    log_std_init: float = Field(0.0, ge=-5, le=2, description="The log std Box policies keep, for PPO to start from.")
+
+
+class BehaviourCloning:
+    """BC as a ddrl algorithm (see ``ddrl.algorithms.Algorithm``)."""
+
+    def __init__(self, config: Config, env: EnvInfo) -> None:
+        self.config, self.env, self.hp = config, env, config.hyperparameters
+        self.table = ParquetTable.open(self.hp.data, [self.hp.observation, self.hp.action], "bc.data")
+        spaces = make_env(config.env)
+        self.observation_space, self.action_space = spaces.observation_space, spaces.action_space
+        spaces.close()
+        self.architecture = {"hidden_sizes": list(self.hp.hidden_sizes), "activation": self.hp.activation, "cnn": resolve_cnn(env.observation, self.hp.cnn)}
+        self.rows_per_task = math.ceil(self.table.num_rows / config.spark.num_tasks)
+        self.fixed_point = FixedPoint.for_sums(config.spark.num_tasks, self.rows_per_task * MAX_PARAMETER_CHANGE)
+        with torch.device("meta"):
+            self.parameters = sum(parameter.numel() for parameter in self._actor(initialize=False).parameters())
+        self.fingerprint = config.fingerprint()
+
+    def _actor(self, initialize: bool) -> nn.Module:
+        return build_actor(self.env.observation, self.env.action_dim, self.architecture, initialize)
+
+    # ---- driver side ---------------------------------------------------------------------------------------
+    def initial_state(self) -> State:
+        torch.manual_seed(derive_seed(self.config.seed, 0, 0, Stream.INITIALIZATION))
+        empty = Moments.empty((self.env.observation_dim,))
+        return {"params": flat_parameters(self._actor(initialize=True)), **moments_to_state("obs", empty)}
+
+    def task_payload(self, state: State, iteration: int) -> dict[str, Any]:
+        """theta and the observations' moments; with none yet, the tasks measure them instead of training."""
+        obs = moments_from_state("obs", state)
+        return {"params": state["params"], "obs_mean": obs.mean, "obs_variance": obs.variance, "measure_only": obs.count == 0}
+
+    def apply(self, state: State, result: MergedResult, iteration: int) -> tuple[State, dict[str, float]]:
+        tasks = result.tasks
+        new_state = dict(state)
+        new_state["params"] = (state["params"] + result.means["params_change"]).astype(np.float32)
+        if float(state["obs_count"]) == 0:
+            obs = moments_from_state("obs", state)
+            for task in tasks:
+                obs = obs.combine(Moments(task["obs_count"], task["obs_mean"], task["obs_m2"]))
+            new_state.update(moments_to_state("obs", obs))
+        losses = [task["loss"] for task in tasks if "loss" in task]
+        return new_state, {"bc_loss": float(np.mean(losses)) if losses else math.nan, "rows": float(sum(task["rows"] for task in tasks))}
+
+    def policy(self, state: State) -> Policy:
+        obs = moments_from_state("obs", state)
+        return self._policy(state["params"], obs.mean, obs.variance, obs.count)
+
+    def payload_policy(self, payload: dict[str, Any]) -> Policy:
+        return self._policy(payload["params"], payload["obs_mean"], payload["obs_variance"])
+
+    def _policy(self, params: np.ndarray, obs_mean: np.ndarray, obs_variance: np.ndarray, obs_count: float | None = None) -> Policy:
+        actor = self._actor(initialize=False)
+        load_flat_parameters(actor, params)
+        normalized = self.hp.normalize_observation
+        log_std = np.full(self.env.action_dim, self.hp.log_std_init, dtype=np.float32) if self.env.action.kind == "box" else None
+        return Policy(actor, self.env, self.architecture, obs_mean if normalized else None, obs_variance if normalized else None, log_std=log_std,
+                      observation_count=obs_count if normalized else None)
+
+    def task_carry_bytes(self) -> int:
+        return 0
+
+    def task_result_bytes(self) -> int:
+        return self.parameters * BYTES_PER_FIXED_VALUE
+
+    # ---- executor side -------------------------------------------------------------------------------------
+    def run_task(self, payload: dict[str, Any], task_index: int, seed: int) -> TaskOutput:
+        observations, actions = _SHARDS.get((self.fingerprint, task_index), lambda: self._read_shard(task_index))
+        features = self.env.observation.features(observations)
+        rows = len(actions)
+        if payload["measure_only"]:
+            moments = Moments.of(features["vector"])
+            records = {"obs_count": moments.count, "obs_mean": moments.mean, "obs_m2": moments.m2, "rows": 0}
+            return TaskOutput(weight=rows, weighted={}, fixed={"params_change": np.zeros(len(payload["params"]))},
+                              fixed_point=self.fixed_point, records=records, env_steps=0,
+                              episode_returns=np.zeros(0), episode_lengths=np.zeros(0, dtype=np.int64))
+
+        if self.hp.normalize_observation:
+            features = {**features, "vector": normalize(features["vector"], payload["obs_mean"], payload["obs_variance"], self.env.observation.normalized)}
+        tensors = {name: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32 if name == "vector" else value.dtype)) for name, value in features.items()}
+        targets = torch.from_numpy(np.asarray(actions).reshape(rows, -1).astype(np.float32 if self.env.action.kind == "box" else np.int64))
+        actor = self._actor(initialize=False)
+        load_flat_parameters(actor, payload["params"])
+        optimizer = torch.optim.Adam(actor.parameters(), lr=self.hp.learning_rate)
+        losses = []
+        for _ in range(self.hp.epochs):
+            order = torch.randperm(rows)
+            for start in range(0, rows, self.hp.minibatch_size):
+                minibatch = order[start : start + self.hp.minibatch_size]
+                output = forward(actor, {name: value[minibatch] for name, value in tensors.items()})
+                loss = self._loss(output, targets[minibatch])
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(actor.parameters(), self.hp.max_grad_norm)
+                optimizer.step()
+                losses.append(loss.item())
+        change = flat_parameters(actor).astype(np.float64) - payload["params"]
+        return TaskOutput(weight=rows, weighted={}, fixed={"params_change": change}, fixed_point=self.fixed_point,
+                          records={"loss": float(np.mean(losses)), "rows": rows * self.hp.epochs}, env_steps=rows * self.hp.epochs,
+                          episode_returns=np.zeros(0), episode_lengths=np.zeros(0, dtype=np.int64))
+
+    def _loss(self, output: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        if self.env.action.kind == "box":
+            mean = output.reshape(actions.shape)
+            return ((mean - actions) ** 2).sum(-1).mean()
+        log_prob, _ = self.env.action.log_prob_and_entropy(output, actions, None, None)
+        return -log_prob.mean()
+
+    def _read_shard(self, task_index: int) -> tuple[Any, np.ndarray]:
+        """This task's observations and actions from the table, checked against the env's spaces."""
+        shard, files = self.table.shard(task_index, self.config.spark.num_tasks)
+        where = f"bc.data ({', '.join(files)})"
+        observations = trajectories.space_values(self.observation_space, shard[self.hp.observation], f"{where}: column {self.hp.observation!r}")
+        actions = trajectories.space_values(self.action_space, shard[self.hp.action], f"{where}: column {self.hp.action!r}")
+        outside = np.flatnonzero(trajectories.outside(self.action_space, actions))
+        if len(outside):
+            raise ValueError(f"{where}: column {self.hp.action!r}: {len(outside)} actions outside {self.action_space}, "
+                             f"the first {actions[outside[0]].tolist()} at row {outside[0]} of the task's share")
+        return observations, actions
+
+
+_SHARDS = WorkerCache(size=2)
+"""A worker's task shards, by (run, task index): the rows are fixed for the run, so a reused worker reads them once."""
+
+
+def check(config: Config) -> None:
+    if config.output.record_experience is not None:
+        raise ConfigError("output.record_experience: BC takes no env steps to record; record the trained policy's "
+                          "episodes with jobs/evaluate.py --record")
+
+
+def build(config: Config, env: EnvInfo) -> BehaviourCloning:
+    return BehaviourCloning(config, env)
