@@ -113,6 +113,10 @@ class InitConfig(StrictModel):
         None, min_length=1, description="Start from this saved policy (a run or policy directory, e.g. a BC run's): "
         "its actor, its critic where it has one, its Gaussian log std and its observation moments (algo ppo)."
     )
+    critic_warmup_iterations: int = Field(
+        3, ge=0, description="For a policy saved without a critic (BC's): the first iterations train only the new "
+        "critic, so that the actor's first updates see advantages from a fitted V(s)."
+    )
 
     @field_validator("policy")
     @classmethod

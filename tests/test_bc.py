@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT, final_params, small_ppo_config
 
 import ddrl
-from ddrl import config as config_module
+from ddrl import checkpoint, config as config_module
 from ddrl.algorithms import ppo
 from ddrl.run import Run
 
@@ -69,6 +69,11 @@ def test_ppo_starts_from_a_bc_policy_and_is_bit_identical_across_runs(spark, tmp
 
     first, second = ddrl.train(spark, config), ddrl.train(spark, config)
     assert first.metrics["eval_return_mean"][0].as_py() >= 475  # the first evaluation sees BC's policy
+    # Its 2 iterations are within init.critic_warmup_iterations: the critic learned, the actor did not move.
+    start = ppo.PPO(loaded, Run.open(loaded).env)
+    trained = checkpoint.load_latest(first.run_dir / "checkpoints")[0]["params"]
+    np.testing.assert_array_equal(start.policy({**state, "params": trained}).act(np.eye(4, dtype=np.float32)), cloned.policy.act(np.eye(4, dtype=np.float32)))
+    assert not np.array_equal(trained, state["params"])
     np.testing.assert_array_equal(final_params(first.run_dir), final_params(second.run_dir))
 
     other = small_ppo_config(tmp_path / "other", init={"policy": str(cloned.run_dir)}, ppo={"hidden_sizes": [32]})

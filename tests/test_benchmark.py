@@ -152,3 +152,16 @@ def test_the_timings_line_adds_up_and_the_benchmark_reads_it_back():
     assert sum(seconds for name, seconds in phases.items() if name != "total") == pytest.approx(outside, abs=0.05)
     assert phases["Spark session"] == pytest.approx(2.0) and phases["first job beyond a later iteration"] == pytest.approx(2.0)
     assert phases["final evaluation and saving"] == pytest.approx(0.4) and phases["before iteration 1"] == pytest.approx(0.4)
+
+
+def test_data_part_measures_recording_scoring_and_bc_then_ppo(spark, tmp_path):
+    bench = common.Bench(common.Sizes.quick(), tmp_path / "work", tmp_path / "benchmark.json", quick=True, spark=spark)
+
+    results = benchmark.run_parts(bench, ["data"])
+
+    assert results["meta"]["failures"] == {}
+    data = results["parts"]["data"]["data"]
+    assert all(case["files"] == 2 * 2 and case["record_s"] > 0 for case in data["recording"].values())  # 2 iterations x 2 tasks
+    assert all(case["score_rows_per_s"] > 0 and case["act_rows_per_s"] > 0 for case in data["scoring"].values())
+    run = data["bc_then_ppo"][1]
+    assert run["scratch_solved"] and run["recorded_rows"] > 0 and run["init_env_steps"] <= run["scratch_env_steps"]

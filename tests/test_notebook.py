@@ -32,7 +32,7 @@ def test_quickstart_notebook_trains_plots_and_evaluates(tmp_path, monkeypatch):
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     parameters = [cell for cell in notebook.cells if "parameters" in cell.metadata.get("tags", [])]
     assert len(parameters) == 1
-    parameters[0].source += f"\nTOTAL_ENV_STEPS = {STEPS}\nRUN_ROOT = {str(tmp_path / 'runs')!r}\n"
+    parameters[0].source += f"\nTOTAL_ENV_STEPS = {STEPS}\nRUN_ROOT = {str(tmp_path / 'runs')!r}\nEXPERIENCE = {str(tmp_path / 'experience')!r}\n"
 
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.setenv("DDRL_MLFLOW", "0")
@@ -50,6 +50,9 @@ def test_quickstart_notebook_trains_plots_and_evaluates(tmp_path, monkeypatch):
     text = "".join(output.get("text", "") for output in outputs if output.output_type == "stream")
     assert f"after {STEPS} env steps, 8 iterations" in text
     assert "CartPole-v1: return" in text
+    assert "|iteration|transitions|episodes_ended|reward_per_episode|" in text  # the SQL over the recorded transitions
+    assert "agreement of the tasks' actions with the trained policy's" in text
+    assert len(list((tmp_path / "experience").glob("iteration-*-task-*.parquet"))) == 8 * 2
     assert any("image/png" in output.get("data", {}) for output in outputs), "no inline learning curve"
 
     run_dirs = list((tmp_path / "runs").iterdir())

@@ -112,11 +112,13 @@ def test_an_interrupted_write_leaves_no_file_that_readers_see(spark, tmp_path, m
     assert pq.read_table(tmp_path).num_rows == 3
 
 
-def test_recording_needs_carried_ppo_episodes_and_is_refused_for_es(tmp_path) -> None:
+def test_recording_and_init_policy_are_refused_where_they_do_not_apply(tmp_path) -> None:
     with pytest.raises(ddrl.ConfigError, match=r"^output.record_experience: recorded episodes .*ppo.carry_episodes"):
         config_module.load(small_ppo_config(tmp_path, output={"record_experience": "x"}, ppo={"carry_episodes": False}))
     with pytest.raises(ddrl.ConfigError, match=r"^output.record_experience: ES tasks"):
         config_module.load(small_es_config(tmp_path, output={"record_experience": "x"}))
+    with pytest.raises(ddrl.ConfigError, match=r"^init.policy: starting from a saved policy is for algo ppo"):
+        config_module.load(small_es_config(tmp_path, init={"policy": str(tmp_path)}))
     relative = config_module.load(small_ppo_config(tmp_path, output={"record_experience": "experience"}))
     assert Path(relative.output.record_experience).is_absolute()
     assert config_module.load(small_ppo_config(tmp_path, output={"record_experience": "s3://bucket/x"})).output.record_experience == "s3://bucket/x"

@@ -184,6 +184,9 @@ _SHARDS = WorkerCache(size=2)
 
 
 def check(config: Config) -> None:
+    """Checks that span config sections, run when the config is loaded (before Spark starts)."""
+    if config.init.policy is not None:
+        raise ConfigError("init.policy: starting from a saved policy is for algo ppo (BC fits its policy to bc.data)")
     if config.output.record_experience is not None:
         raise ConfigError("output.record_experience: BC takes no env steps to record; record the trained policy's "
                           "episodes with jobs/evaluate.py --record")

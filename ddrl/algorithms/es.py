@@ -455,6 +455,8 @@ def check(config: Config) -> None:
             f"spark.num_tasks={config.spark.num_tasks} tasks busy; use at least as many directions as tasks, or "
             "es.task_scaling: directions"
         )
+    if config.init.policy is not None:
+        raise ConfigError("init.policy: starting from a saved policy is for algo ppo")
     if config.output.record_experience is not None:
         raise ConfigError("output.record_experience: ES tasks play perturbed policies, not the policy being trained, and "
                           "keep no transitions; record with algo ppo, or record a trained ES policy's episodes with "

@@ -343,9 +343,11 @@ def _tensors(vector: np.ndarray, images: dict[str, np.ndarray]) -> dict[str, tor
     return {"vector": torch.from_numpy(vector), **{name: torch.from_numpy(value) for name, value in images.items()}}
 
 
-def ppo_update(model: "ActorCritic", optimizer: torch.optim.Adam, batch: Batch, hp: Hyperparameters, stats: dict[str, list[float]]) -> int:
-    """update_epochs x num_minibatches Adam steps on the clipped surrogate objective; appends to ``stats``,
-    returns the number of steps taken."""
+def ppo_update(
+    model: "ActorCritic", optimizer: torch.optim.Adam, batch: Batch, hp: Hyperparameters, stats: dict[str, list[float]], train_actor: bool = True
+) -> int:
+    """update_epochs x num_minibatches Adam steps on the clipped surrogate objective (the value loss alone without
+    ``train_actor``); appends to ``stats``, returns the number of steps taken."""
     batch_size = len(batch.actions)
     minibatch_size = max(batch_size // hp.num_minibatches, 1)
     updates = 0
@@ -378,7 +380,7 @@ def ppo_update(model: "ActorCritic", optimizer: torch.optim.Adam, batch: Batch, 
                 v_loss = 0.5 * ((new_value - batch.returns[mb]) ** 2).mean()
 
             entropy_loss = entropy.mean()
-            loss = pg_loss - hp.ent_coef * entropy_loss + hp.vf_coef * v_loss
+            loss = (pg_loss - hp.ent_coef * entropy_loss if train_actor else 0.0) + hp.vf_coef * v_loss
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), hp.max_grad_norm)
@@ -412,6 +414,10 @@ class PPO:
             self.tensor_sizes = [parameter.numel() for parameter in ActorCritic(env, self.hp, initialize=False).parameters()]
         self.fingerprint = config.fingerprint()
         self.warned_about_replay = False
+        # A policy saved without a critic (BC's) starts with an untrained one, whose advantages would be noise:
+        # the first iterations train the critic alone.
+        starts_without_critic = config.init.policy is not None and load_policy(config.init.policy).critic is None
+        self.critic_warmup_iterations = config.init.critic_warmup_iterations if starts_without_critic else 0
 
     # ---- driver side ---------------------------------------------------------------------------------------
     def initial_state(self) -> State:
@@ -471,6 +477,7 @@ class PPO:
             "iteration": iteration + 1,  # as the run's metrics number it
             "params": state["params"],
             "learning_rates": [learning_rate * (fraction if self.hp.anneal_lr else 1.0) for fraction in annealed],
+            "critic_warmup": iteration < self.critic_warmup_iterations,
             "obs_mean": obs.mean,
             "obs_variance": obs.variance,
             "return_variance": float(moments_from_state("return", state).variance),
@@ -621,7 +628,7 @@ class PPO:
             rollout_seconds += time.perf_counter() - started
             started = time.perf_counter()
             optimizer.param_groups[0]["lr"] = learning_rate
-            updates += ppo_update(model, optimizer, batch, hp, stats)
+            updates += ppo_update(model, optimizer, batch, hp, stats, train_actor=not payload["critic_warmup"])
             update_seconds += time.perf_counter() - started
             samples += len(batch.actions)
             explained.append(explained_variance(batch))
