@@ -16,8 +16,11 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+import numpy as np
+
 from ddrl.checkpoint import State
 from ddrl.merge import MergedResult, TaskOutput
+from ddrl.normalizer import moments_from_state
 from ddrl.policy import Policy
 
 
@@ -47,3 +50,19 @@ class Algorithm(Protocol):
     def task_result_bytes(self) -> int:
         """Bytes one task's ``TaskOutput.weighted`` and ``fixed`` arrays take: the loop refuses, before the first
         job, a model whose results the driver could not collect."""
+
+
+class PolicyOfParameters:
+    """``policy`` and ``payload_policy`` for an algorithm whose state holds theta as ``params`` with the observation
+    moments under ``obs_``, and whose payload ships theta with their mean and variance; it builds the policy in
+    ``_policy(params, obs_mean, obs_variance, obs_count)``."""
+
+    def policy(self, state: State) -> Policy:
+        obs = moments_from_state("obs", state)
+        return self._policy(state["params"], obs.mean, obs.variance, obs.count)
+
+    def payload_policy(self, payload: dict[str, Any]) -> Policy:
+        return self._policy(payload["params"], payload["obs_mean"], payload["obs_variance"], None)
+
+    def _policy(self, params: np.ndarray, obs_mean: np.ndarray, obs_variance: np.ndarray, obs_count: float | None) -> Policy:
+        raise NotImplementedError

@@ -29,6 +29,7 @@ from pydantic import Field
 from torch import nn
 
 from ddrl.algorithms.ppo import MAX_PARAMETER_CHANGE, flat_parameters, load_flat_parameters
+from ddrl.algorithms import PolicyOfParameters
 from ddrl.checkpoint import State
 from ddrl.config import Config, ConfigError, StrictModel
 from ddrl.data import trajectories
@@ -60,7 +61,7 @@ class Hyperparameters(StrictModel):
     log_std_init: float = Field(0.0, ge=-5, le=2, description="The log std Box policies keep, for PPO to start from.")
 
 
-class BehaviourCloning:
+class BehaviourCloning(PolicyOfParameters):
     """BC as a ddrl algorithm (see ``ddrl.algorithms.Algorithm``)."""
 
     def __init__(self, config: Config, env: EnvInfo) -> None:
@@ -102,14 +103,7 @@ class BehaviourCloning:
         losses = [task["loss"] for task in tasks if "loss" in task]
         return new_state, {"bc_loss": float(np.mean(losses)) if losses else math.nan, "rows": float(sum(task["rows"] for task in tasks))}
 
-    def policy(self, state: State) -> Policy:
-        obs = moments_from_state("obs", state)
-        return self._policy(state["params"], obs.mean, obs.variance, obs.count)
-
-    def payload_policy(self, payload: dict[str, Any]) -> Policy:
-        return self._policy(payload["params"], payload["obs_mean"], payload["obs_variance"])
-
-    def _policy(self, params: np.ndarray, obs_mean: np.ndarray, obs_variance: np.ndarray, obs_count: float | None = None) -> Policy:
+    def _policy(self, params: np.ndarray, obs_mean: np.ndarray, obs_variance: np.ndarray, obs_count: float | None) -> Policy:
         actor = self._actor(initialize=False)
         load_flat_parameters(actor, params)
         normalized = self.hp.normalize_observation

@@ -38,11 +38,12 @@ import torch
 from pydantic import Field, model_validator
 
 from ddrl import envs as envs_module
+from ddrl.algorithms import PolicyOfParameters
 from ddrl.checkpoint import State
 from ddrl.config import Config, ConfigError, StrictModel
 from ddrl.envs import EnvInfo
 from ddrl.merge import MergedResult, TaskOutput
-from ddrl.normalizer import Moments, normalize
+from ddrl.normalizer import Moments, moments_from_state, moments_to_state, normalize
 from ddrl.networks import build_actor
 from ddrl.policy import Policy
 from ddrl.seeding import Stream, derive_seed, task_slice
@@ -181,7 +182,7 @@ def batched_forward(params: np.ndarray, observations: np.ndarray, shapes: list[t
 # ---- the algorithms ----------------------------------------------------------------------------------------
 
 
-class EvolutionStrategy(abc.ABC):
+class EvolutionStrategy(PolicyOfParameters, abc.ABC):
     """What OpenAI-ES and ARS share: seeds, rollouts, the normalizer and the policy.  Subclasses ``_step``."""
 
     def __init__(self, config: Config, env: EnvInfo) -> None:
@@ -207,14 +208,14 @@ class EvolutionStrategy(abc.ABC):
             params = np.zeros(self.num_params, dtype=np.float32)
         return {
             "params": params,
-            **_moments_state(Moments.empty((self.env.observation_dim,))),
+            **moments_to_state("obs", Moments.empty((self.env.observation_dim,))),
             "mean_episode_length": np.array(0.0),
             **self._optimizer_state(params),
         }
 
     def task_payload(self, state: State, iteration: int) -> dict[str, Any]:
         """theta, the iteration's direction seeds, the normalizer and the episode cap: O(parameters + N)."""
-        obs = _moments_from_state(state)
+        obs = moments_from_state("obs", state)
         return {
             "params": state["params"],
             "perturbation_seeds": perturbation_seeds(self.config.seed, iteration, self.num_directions),
@@ -240,14 +241,14 @@ class EvolutionStrategy(abc.ABC):
         step, optimizer_state, metrics = self._step(theta, state, seeds, returns_pos, returns_neg)
         params = (theta + step).astype(np.float32)
 
-        obs = _moments_from_state(state)
+        obs = moments_from_state("obs", state)
         for task in tasks:
             obs = obs.combine(Moments(task["obs_count"], task["obs_mean"], task["obs_m2"]))
         lengths = np.concatenate([task["episode_lengths"] for task in tasks])
         population = np.concatenate([returns_pos, returns_neg])
         new_state = {
             "params": params,
-            **_moments_state(obs),
+            **moments_to_state("obs", obs),
             "mean_episode_length": np.array(float(lengths.mean()) if len(lengths) else 0.0),
             **optimizer_state,
         }
@@ -272,15 +273,8 @@ class EvolutionStrategy(abc.ABC):
     ) -> tuple[np.ndarray, State, dict[str, float]]:
         """The parameter step from the directions' seeds and returns, the new update-rule state, metrics."""
 
-    def policy(self, state: State) -> Policy:
+    def _policy(self, params: np.ndarray, obs_mean: np.ndarray, obs_variance: np.ndarray, obs_count: float | None) -> Policy:
         """theta as a ``ddrl.policy.Policy`` (the same actor ``ddrl.load_policy`` rebuilds)."""
-        obs = _moments_from_state(state)
-        return self._policy(state["params"], obs.mean, obs.variance)
-
-    def payload_policy(self, payload: dict[str, Any]) -> Policy:
-        return self._policy(payload["params"], payload["obs_mean"], payload["obs_variance"])
-
-    def _policy(self, params: np.ndarray, obs_mean: np.ndarray, obs_variance: np.ndarray) -> Policy:
         actor = build_actor(self.env.observation, self.env.action_dim, self.architecture, initialize=False)
         torch.nn.utils.vector_to_parameters(torch.as_tensor(params, dtype=torch.float32), actor.parameters())
         normalized = self.hp.normalize_observation
@@ -433,18 +427,6 @@ class ARS(EvolutionStrategy):
             return np.zeros_like(theta), {}, {"selected_return_std": 0.0}
         step = hp.learning_rate / (b * sigma_r) * noise_weighted_sum(returns_pos[top] - returns_neg[top], seeds[top], self.num_params)
         return step, {}, {"selected_return_std": sigma_r}
-
-
-def _moments_state(moments: Moments) -> State:
-    return {
-        "obs_count": np.array(moments.count),
-        "obs_mean": np.asarray(moments.mean, dtype=np.float64),
-        "obs_m2": np.asarray(moments.m2, dtype=np.float64),
-    }
-
-
-def _moments_from_state(state: State) -> Moments:
-    return Moments(float(state["obs_count"]), state["obs_mean"], state["obs_m2"])
 
 
 def check(config: Config) -> None:

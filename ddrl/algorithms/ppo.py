@@ -39,6 +39,7 @@ from torch import nn
 
 from ddrl import carry, envs as envs_module, noise_scale
 from ddrl.carry import EnvCursor
+from ddrl.algorithms import PolicyOfParameters
 from ddrl.checkpoint import State
 from ddrl.config import Config, ConfigError, StrictModel
 from ddrl.data import trajectories
@@ -399,7 +400,7 @@ def explained_variance(batch: Batch) -> float:
     return float(1 - np.var(returns - values) / variance_of_returns) if variance_of_returns > 0 else 0.0
 
 
-class PPO:
+class PPO(PolicyOfParameters):
     """PPO as a ddrl algorithm (see ``ddrl.algorithms.Algorithm``)."""
 
     def __init__(self, config: Config, env: EnvInfo) -> None:
@@ -562,14 +563,7 @@ class PPO:
             )
         return carry.replace_in_state(state, carries)
 
-    def policy(self, state: State) -> Policy:
-        obs = moments_from_state("obs", state)
-        return self._policy(state["params"], obs.mean, obs.variance, obs.count)
-
-    def payload_policy(self, payload: dict[str, Any]) -> Policy:
-        return self._policy(payload["params"], payload["obs_mean"], payload["obs_variance"])
-
-    def _policy(self, params: np.ndarray, obs_mean: np.ndarray, obs_variance: np.ndarray, obs_count: float | None = None) -> Policy:
+    def _policy(self, params: np.ndarray, obs_mean: np.ndarray, obs_variance: np.ndarray, obs_count: float | None) -> Policy:
         model = ActorCritic(self.env, self.hp, initialize=False)
         load_flat_parameters(model, params)
         normalized = self.hp.normalize_observation
