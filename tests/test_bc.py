@@ -67,7 +67,7 @@ def test_ppo_starts_from_a_bc_policy_and_is_bit_identical_across_runs(spark, tmp
     np.testing.assert_array_equal(algorithm.policy(state).act(np.eye(4, dtype=np.float32)), cloned.policy.act(np.eye(4, dtype=np.float32)))
     np.testing.assert_allclose(state["obs_mean"], cloned.policy.observation_mean)
 
-    first, second = ddrl.train(spark, config), ddrl.train(spark, config)
+    first, second = (ddrl.train(spark, config, run_dir=tmp_path / "ppo" / name) for name in ("first", "second"))
     assert first.metrics["eval_return_mean"][0].as_py() >= 475  # the first evaluation sees BC's policy
     # Its 2 iterations are within init.critic_warmup_iterations: the critic learned, the actor did not move.
     start = ppo.PPO(loaded, Run.open(loaded).env)
