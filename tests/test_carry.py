@@ -63,7 +63,7 @@ def test_a_game_spanning_jobs_replays_as_played_straight_through(env_section, st
             features = info.observation.features(observation)
             events.append(("reset" if ended[0] else action[0], next(iter(features.values()))[0], reward[0]))
             ended = terminated | truncated
-        cursor = EnvCursor(features, None, ended, np.zeros(2), np.zeros(2, dtype=np.int64), np.zeros(2))
+        cursor = EnvCursor(features, None, ended, np.zeros(2), np.zeros(2, dtype=np.int64), np.zeros(2), observation)
         carried = carry.capture(("test", 0), vector_env, cursor).arrays()
     game_steps = sum(1 for call, _, _ in events if not isinstance(call, str))
     assert game_steps >= 3 * steps_per_job, "the game must span at least three jobs"

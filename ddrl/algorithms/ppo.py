@@ -219,7 +219,7 @@ class Batch:
     episode_returns: np.ndarray
     episode_lengths: np.ndarray
     transitions: dict[str, Any] | None = None
-    """With ``record``: the valid steps as ``ddrl.data.trajectories.table`` takes them."""
+    """With ``keep_transitions``: the valid steps as ``ddrl.data.trajectories.table`` takes them."""
 
 
 def collect_round(
@@ -232,13 +232,13 @@ def collect_round(
     obs_mean: np.ndarray,
     obs_std: np.ndarray,
     reward_scale: float,
-    record: bool = False,
+    keep_transitions: bool = False,
 ) -> tuple[Batch, EnvCursor]:
     """num_steps steps of every env with the current policy, from where ``cursor`` left them.
 
     Per step only the actor runs, in NumPy for an MLP with noise drawn up front (torch's per-call cost is larger
-    than a CartPole step); values and log-probs come from one batched torch pass afterwards.  ``record`` keeps
-    the raw observations and the games' seeds as well, for ``Batch.transitions`` (carried envs only).
+    than a CartPole step); values and log-probs come from one batched torch pass afterwards.  ``keep_transitions``
+    keeps the raw observations, env actions and games' seeds as well, for ``Batch.transitions`` (carried envs only).
     """
     num_steps, num_envs, obs_dim = hp.num_steps, len(cursor.ended), env.observation_dim
     noise = env.action.noise(rng, (num_steps, num_envs))
@@ -263,8 +263,8 @@ def collect_round(
             masks[t] = mask
 
     record(0, cursor.features, cursor.mask)
-    raw_batches, env_actions = ([cursor.observation], []) if record else (None, None)
-    episode_seeds = [carry.episode_seeds(vector_env)] if record else None
+    raw_batches, env_actions = ([cursor.observation], []) if keep_transitions else (None, None)
+    episode_seeds = [carry.episode_seeds(vector_env)] if keep_transitions else None
     for t in range(num_steps):
         if layers:
             output = actor_forward(layers, observations[t], hp.activation)
@@ -274,7 +274,7 @@ def collect_round(
         actions[t], env_action = env.action.sample(output, noise[t], None if masks is None else masks[t])
         observation, rewards[t], terminated[t], truncated[t], info = vector_env.step(env_action)
         record(t + 1, env.observation.features(observation), env.mask(observation, info))
-        if record:
+        if keep_transitions:
             raw_batches.append(observation)
             env_actions.append(env_action)
             episode_seeds.append(carry.episode_seeds(vector_env))
@@ -320,7 +320,7 @@ def collect_round(
         discounted_returns=discounted_returns,
         episode_returns=episode_returns,
         episode_lengths=episode_lengths,
-        transitions=None if not record else {
+        transitions=None if not keep_transitions else {
             "env": np.broadcast_to(np.arange(num_envs), valid.shape)[valid],
             "episode": np.stack(episode_seeds[:-1])[valid],
             "step": _steps_in_episodes(valid, done, cursor.episode_length)[valid],
@@ -615,7 +615,7 @@ class PPO(PolicyOfParameters):
         recorded: list[Any] = []
         for learning_rate in payload["learning_rates"]:
             started = time.perf_counter()
-            batch, cursor = collect_round(vector_env, model, cursor, rng, hp, self.env, obs_mean, obs_std, reward_scale, record=record_to is not None)
+            batch, cursor = collect_round(vector_env, model, cursor, rng, hp, self.env, obs_mean, obs_std, reward_scale, keep_transitions=record_to is not None)
             if record_to is not None:
                 recorded.append(trajectories.table(vector_env.single_observation_space, vector_env.single_action_space,
                                                    iteration=payload["iteration"], task=task_index, **batch.transitions))
