@@ -328,9 +328,16 @@ def replace_in_state(state: dict[str, np.ndarray], carries: Mapping[int, Carry])
     return kept
 
 
-def episode_seeds(vector_env: Any) -> np.ndarray:
-    """The seed each sub-env's game in progress began with (``env.reset(seed=...)`` starts it again)."""
-    return np.array([chain_seed(wrapper.chain.origin, wrapper.chain.game) for wrapper in vector_env.envs], dtype=np.int64)
+def games_in_progress(vector_env: Any) -> np.ndarray:
+    """(origin, game) of each sub-env's game in progress: ``game_seeds`` turns them into the games' seeds."""
+    return np.array([(wrapper.chain.origin, wrapper.chain.game) for wrapper in vector_env.envs], dtype=np.int64)
+
+
+def game_seeds(games: np.ndarray) -> np.ndarray:
+    """The seed each (origin, game) row's game began with (``env.reset(seed=...)`` starts it again), derived once
+    per distinct game: a derivation costs more than a CartPole step."""
+    distinct, index = np.unique(games.reshape(-1, 2), axis=0, return_inverse=True)
+    return np.array([chain_seed(int(origin), int(game)) for origin, game in distinct], dtype=np.int64)[index.reshape(-1)]
 
 
 def _last_observation(vector_env: Any, env: EnvInfo) -> tuple[Any, dict[str, np.ndarray], np.ndarray | None]:

@@ -264,7 +264,7 @@ def collect_round(
 
     record(0, cursor.features, cursor.mask)
     raw_batches, env_actions = ([cursor.observation], []) if keep_transitions else (None, None)
-    episode_seeds = [carry.episode_seeds(vector_env)] if keep_transitions else None
+    games = [carry.games_in_progress(vector_env)] if keep_transitions else None
     for t in range(num_steps):
         if layers:
             output = actor_forward(layers, observations[t], hp.activation)
@@ -277,7 +277,7 @@ def collect_round(
         if keep_transitions:
             raw_batches.append(observation)
             env_actions.append(env_action)
-            episode_seeds.append(carry.episode_seeds(vector_env))
+            games.append(carry.games_in_progress(vector_env))
 
     # With NEXT_STEP autoreset, the step after an episode ends only resets that env (reward 0, not done): it is
     # not a transition.  That includes a round's first step when the previous round's last step ended an episode.
@@ -322,7 +322,7 @@ def collect_round(
         episode_lengths=episode_lengths,
         transitions=None if not keep_transitions else {
             "env": np.broadcast_to(np.arange(num_envs), valid.shape)[valid],
-            "episode": np.stack(episode_seeds[:-1])[valid],
+            "episode": carry.game_seeds(np.stack(games[:-1])[valid]),
             "step": _steps_in_episodes(valid, done, cursor.episode_length)[valid],
             "observation": trajectories.select(vector_env.single_observation_space, trajectories.stack(vector_env.single_observation_space, raw_batches[:-1]), valid),
             "action": np.stack(env_actions)[valid],  # as the env received it (a Box action clipped to its bounds)

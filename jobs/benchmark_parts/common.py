@@ -123,7 +123,7 @@ class Sizes:
     sweep_budget: int | None = None  # None: the config's budget
     carry_iterations: dict[str, int] = dataclasses.field(  # the first of each is not measured
         default_factory=lambda: {"CartPole PPO": 21, "HalfCheetah PPO": 9, "Breakout PPO": 5})
-    data_iterations: int = 11  # the first (workers start, evaluation) is not measured
+    data_iterations: int = 21  # the first (workers start, evaluation) is not measured
     data_score_rows: dict[str, int] = dataclasses.field(default_factory=lambda: {"MLP (CartPole)": 200_000, "CNN (Breakout, 84x84x4)": 4_096})
     data_bc_seeds: tuple[int, ...] = (1, 2, 3)
     data_teacher_episodes: int = 10
