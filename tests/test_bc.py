@@ -132,3 +132,16 @@ def test_a_saved_policy_keeps_its_observation_count(tmp_path) -> None:
     saved = ddrl.load_policy(algorithm.policy(state).save(tmp_path / "policy"))
     assert float(saved.observation_count) == 123.0
     np.testing.assert_array_equal(saved.observation_variance, np.full(4, 2.0))
+
+
+def test_a_table_rewritten_between_runs_is_read_again(spark, tmp_path, recorded) -> None:
+    """Workers keep their share of the rows between jobs; a run on the same path after the files changed must not
+    get the old rows (the same config: the same fingerprint and seeds)."""
+    short = {"total_env_steps": 2 * 5000 * 4, "stop_at_target": False, "eval_every": 100}
+    data = _table_with(recorded, tmp_path / "data")
+    before = ddrl.train(spark, bc_config(tmp_path / "a", data, train=short))
+    table = pq.read_table(recorded)
+    flipped = table.set_column(table.column_names.index("action"), "action", pa.array(1 - table["action"].to_numpy()))
+    pq.write_table(flipped, data / "part-0.parquet")
+    after = ddrl.train(spark, bc_config(tmp_path / "b", data, train=short))
+    assert not np.array_equal(final_params(after.run_dir), final_params(before.run_dir))

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from ddrl.algorithms.ppo import MAX_PARAMETER_CHANGE, flat_parameters, load_flat_parameters
@@ -59,6 +59,12 @@ class Hyperparameters(StrictModel):
     activation: Literal["tanh", "relu"] = "tanh"
     cnn: Literal["auto", "nature", "small"] = Field("auto", description="As ppo.cnn.")
     log_std_init: float = Field(0.0, ge=-5, le=2, description="The log std Box policies keep, for PPO to start from.")
+
+    @field_validator("data")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        """Executors run elsewhere: a local path is made absolute on the driver."""
+        return trajectories.absolute(value)
 
 
 class BehaviourCloning(PolicyOfParameters):
@@ -119,7 +125,7 @@ class BehaviourCloning(PolicyOfParameters):
 
     # ---- executor side -------------------------------------------------------------------------------------
     def run_task(self, payload: dict[str, Any], task_index: int, seed: int) -> TaskOutput:
-        observations, actions = _SHARDS.get((self.fingerprint, task_index), lambda: self._read_shard(task_index))
+        observations, actions = _SHARDS.get((self.fingerprint, task_index, self.table), lambda: self._read_shard(task_index))
         features = self.env.observation.features(observations)
         rows = len(actions)
         if payload["measure_only"]:
@@ -174,7 +180,7 @@ class BehaviourCloning(PolicyOfParameters):
 
 
 _SHARDS = WorkerCache(size=2)
-"""A worker's task shards, by (run, task index): the rows are fixed for the run, so a reused worker reads them once."""
+"""A worker's task shards, by (run, task index, the table's files as opened): a reused worker reads them once."""
 
 
 def check(config: Config) -> None:

@@ -21,6 +21,8 @@ class ParquetTable:
     files: tuple[str, ...]
     rows: tuple[int, ...]
     columns: tuple[str, ...]
+    versions: tuple[tuple[int, int], ...]
+    """Each file's size and modification time when it was opened: a worker's cached share is for these files only."""
 
     @staticmethod
     def open(location: str, columns: list[str], field: str) -> "ParquetTable":
@@ -54,7 +56,8 @@ class ParquetTable:
             rows.append(metadata.num_rows)
         if sum(rows) == 0:
             raise ConfigError(f"{field}: the table at {location} is empty ({len(paths)} files, no rows)")
-        return ParquetTable(location, tuple(filesystem.normalize_path(file) for file in paths), tuple(rows), tuple(columns))
+        versions = tuple((info.size, info.mtime_ns or 0) for info in filesystem.get_file_info(paths))
+        return ParquetTable(location, tuple(filesystem.normalize_path(file) for file in paths), tuple(rows), tuple(columns), versions)
 
     @property
     def num_rows(self) -> int:
