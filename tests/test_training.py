@@ -153,7 +153,7 @@ def test_shipping_the_package_leaves_no_directory_in_the_temp_folder(spark, tmp_
 
     before = set(Path(tempfile.gettempdir()).glob("ddrl-package-*"))
     classic._SHIPPED.discard(spark.sparkContext.applicationId)  # as if this session had not shipped it yet
-    classic.ClassicEngine(spark)._ship_package()
+    classic.ClassicEngine(spark).ship_package()
     assert set(Path(tempfile.gettempdir()).glob("ddrl-package-*")) == before
     assert (Path(SparkFiles.getRootDirectory()) / "ddrl-package" / "ddrl.zip").exists()  # removed with the session
     ddrl.train(spark, small_ppo_config(tmp_path), run_dir=tmp_path / "run", observers=[])  # executors still import it

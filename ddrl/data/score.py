@@ -102,7 +102,7 @@ def score(
     if isinstance(engine, ConnectEngine) and len(weights) > PAYLOAD_LIMIT_BYTES:
         raise ConfigError(f"score: the policy's {len(weights) / 2**20:.0f} MiB are over the {PAYLOAD_LIMIT_BYTES / 2**20:.0f} MiB "
                           "a Spark Connect job carries in its plan: use a classic session")
-    engine._ship_package()  # as ddrl.train does: executors that cannot import ddrl get it from the session
+    engine.ship_package()  # as ddrl.train does: executors that cannot import ddrl get it from the session
     build = guarded(_scorer)  # an executor without ddrl's requirements fails with one line naming the module
 
     def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

@@ -49,9 +49,10 @@ class ParquetTable:
                 metadata = pq.read_metadata(file, filesystem=filesystem)
             except (OSError, pa.ArrowException) as error:
                 raise ConfigError(f"{field}: cannot read {file}: {' '.join(str(error).split())}") from None
-            missing = [column for column in columns if metadata.schema.to_arrow_schema().get_field_index(column) < 0]
+            schema = metadata.schema.to_arrow_schema()
+            missing = [column for column in columns if schema.get_field_index(column) < 0]
             if missing:
-                names = ", ".join(metadata.schema.to_arrow_schema().names)
+                names = ", ".join(schema.names)
                 raise ConfigError(f"{field}: {file} has no column {', '.join(map(repr, missing))} (its columns: {names})")
             rows.append(metadata.num_rows)
         if sum(rows) == 0:

@@ -36,7 +36,7 @@ class ClassicEngine:
         self.driver_limit_bytes = math.inf
 
     def prepare(self, runs: Sequence[tuple[Config, Algorithm]]) -> None:
-        self._ship_package()
+        self.ship_package()
         # The heap the driver really has: spark.driver.memory may be unset (Databricks sizes the driver itself)
         heap = int(self.spark_context._jvm.java.lang.Runtime.getRuntime().maxMemory())
         max_result_size = size_in_bytes(self.spark_context.getConf().get("spark.driver.maxResultSize", "1g"))
@@ -46,7 +46,7 @@ class ClassicEngine:
         }
         self.driver_limit_bytes = check_result_size(runs, limits, "a deeper spark.tree_depth, or more spark.driver.memory")
 
-    def _ship_package(self) -> None:
+    def ship_package(self) -> None:
         """``addPyFile`` the ddrl package unless executors can import it.  The zip lives in Spark's own session
         directory: the file server reads it whenever an executor fetches it, and Spark deletes it at stop."""
         if self.spark_context.applicationId in _SHIPPED:

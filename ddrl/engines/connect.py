@@ -48,7 +48,7 @@ class ConnectEngine:
         self.driver_limit_bytes = math.inf
 
     def prepare(self, runs: Sequence[tuple[Config, Algorithm]]) -> None:
-        self._ship_package()
+        self.ship_package()
         from pyspark.serializers import CloudPickleSerializer  # what the client does to the closure, to measure it
 
         payloads = [algorithm.task_payload(algorithm.initial_state(), 0) for _, algorithm in runs]
@@ -73,7 +73,7 @@ class ConnectEngine:
         except Exception:  # Databricks serverless refuses to read some settings; Spark's default applies there
             return None
 
-    def _ship_package(self) -> None:
+    def ship_package(self) -> None:
         """``addArtifacts`` the ddrl package as a Python file unless executors can import it; the upload copies
         it to the server, so the local zip goes at once."""
         if self.spark.session_id in _SHIPPED:
