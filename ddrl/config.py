@@ -54,6 +54,10 @@ class EnvConfig(StrictModel):
     id: str = Field(min_length=1, description="A registered gymnasium id, or 'package.module:ClassName'.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the env.")
     num_envs: int = Field(8, ge=1, le=4096, description="Environments per task, stepped as one vector env.")
+    total_envs: int | None = Field(
+        None, ge=1, le=4096 * 100_000, description="Environments over all tasks, instead of num_envs: the envs one process "
+        "would step, which spark.num_tasks splits evenly (num_envs = total_envs / num_tasks each)."
+    )
     max_episode_steps: int | None = Field(None, ge=1, description="Time limit; the env's own by default.")
     wrappers: list[WrapperConfig] = Field(default_factory=list, description="Wrappers applied to each env, in order.")
     action_mask: Literal["auto", "info", "observation", "none"] = Field(
@@ -66,6 +70,18 @@ class EnvConfig(StrictModel):
 
 class SparkConfig(StrictModel):
     num_tasks: int = Field(2, ge=1, le=100_000, description="Tasks per iteration (part of the config, not the cluster).")
+    sync: Literal["gradients", "parameters"] | None = Field(
+        None, description="How an iteration's tasks learn together.  gradients: they run as one barrier stage and sum "
+        "their gradients at every optimizer step, so N tasks learn as one process with all their envs (every task "
+        "must run at once, on executors that reach each other and the driver over TCP).  parameters: each task "
+        "updates on its own and the driver merges their changes.  Default: the algorithm's (gradients for ppo and "
+        "bc, parameters for es)."
+    )
+    sync_timeout_s: float = Field(
+        300.0, gt=0, le=86_400, description="With sync: gradients, how long a task waits to form its group with the "
+        "others, and at any collective for the slowest of them, before its barrier stage fails (a task that dies "
+        "fails the others at once)."
+    )
     tree_depth: int | Literal["auto"] = Field(
         "auto", description="Depth of RDD.treeReduce, 1 to 16; auto: the fastest by the merge's cost model (ddrl.engines.tree)."
     )
@@ -144,6 +160,8 @@ class Config(StrictModel):
         """The resolved config as plain data, with the algorithm's section under its name."""
         data = self.model_dump(mode="json")
         data[self.algo] = self.hyperparameters.model_dump(mode="json")
+        if self.env.total_envs is not None:  # each task's share follows from spark.num_tasks
+            del data["env"]["num_envs"]
         return data
 
     def fingerprint(self) -> str:
@@ -181,9 +199,31 @@ def from_dict(data: Mapping[str, Any]) -> Config:
     algorithm = importlib.import_module(ALGORITHMS[algo])
     hyperparameters = validate_model(algorithm.Hyperparameters, section, prefix=f"{algo}.")
     config = validate_model(Config, data, prefix="").model_copy(update={"hyperparameters": hyperparameters})
+    config = _resolve_sync(_split_envs(config), algorithm.SYNC_MODES)
     if hasattr(algorithm, "check"):  # checks that span sections, e.g. directions against tasks
         algorithm.check(config)
     return config
+
+
+def _split_envs(config: Config) -> Config:
+    """``env.num_envs`` of each task from ``env.total_envs`` and ``spark.num_tasks``."""
+    env, num_tasks = config.env, config.spark.num_tasks
+    if env.total_envs is None:
+        return config
+    if "num_envs" in env.model_fields_set:
+        raise ConfigError("env.total_envs: set env.num_envs (each task's envs) or env.total_envs (all tasks' together), not both")
+    if env.total_envs % num_tasks:
+        raise ConfigError(f"env.total_envs: {env.total_envs} envs do not split evenly over spark.num_tasks={num_tasks} "
+                          "tasks: choose a task count that divides it, or set env.num_envs per task")
+    return config.model_copy(update={"env": env.model_copy(update={"num_envs": env.total_envs // num_tasks})})
+
+
+def _resolve_sync(config: Config, modes: tuple[str, ...]) -> Config:
+    """``spark.sync`` filled in with the algorithm's default (the first of ``modes``), or refused where it has no such mode."""
+    sync = config.spark.sync or modes[0]
+    if sync not in modes:
+        raise ConfigError(f"spark.sync: algo {config.algo} cannot train with sync: {sync} (it can with: {', '.join(modes)})")
+    return config.model_copy(update={"spark": config.spark.model_copy(update={"sync": sync})})
 
 
 def validate_model(model: type[BaseModel], data: Mapping[str, Any], prefix: str) -> Any:

@@ -10,12 +10,15 @@ result is computed once, on the driver, from the exact total.  Two formats:
   scale 2**-k chosen for the range and the number of tasks (``FixedPoint``).
 
 Small per-task records (losses, episode returns, normalizer moments) travel keyed by task index and are read
-in task order.
+in task order.  The tasks of a synchronized run (``spark.sync: gradients``) hold the same parameters bit for bit:
+the task of rank 0 alone returns them (``TaskOutput.replicated``), every task their digest, which the driver
+checks.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import math
 import time
@@ -131,6 +134,20 @@ class TaskOutput:
     episode_lengths: np.ndarray
     fixed: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     fixed_point: FixedPoint | None = None
+    replicated: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    """Arrays every task of a synchronized run holds bit for bit: the task of rank 0 returns them, the others none."""
+    replicated_digest: str | None = None
+    """Every synchronized task's ``digest`` of those arrays."""
+
+
+def digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """A hash of named arrays' names, dtypes, shapes and bytes."""
+    hashed = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        hashed.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+        hashed.update(array.tobytes())
+    return hashed.hexdigest()[:32]
 
 
 @dataclasses.dataclass
@@ -146,6 +163,8 @@ class Partial:
     fixed_point: FixedPoint | None = None
     evaluations: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
     """Task index to what it measured of the broadcast policy (kept even when its training result is rejected)."""
+    replicated: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    digests: dict[int, str] = dataclasses.field(default_factory=dict)
 
     @staticmethod
     def of_task(task_index: int, output: TaskOutput, evaluation: dict[str, Any] | None = None) -> "Partial":
@@ -173,7 +192,9 @@ class Partial:
             "episode_returns": np.asarray(output.episode_returns, dtype=np.float64),
             "episode_lengths": np.asarray(output.episode_lengths, dtype=np.int64),
         }
-        return Partial(output.weight, sums, {task_index: records}, {}, 0.0, fixed_sums, output.fixed_point, evaluations)
+        digests = {task_index: output.replicated_digest} if output.replicated_digest is not None else {}
+        return Partial(output.weight, sums, {task_index: records}, {}, 0.0, fixed_sums, output.fixed_point, evaluations,
+                       dict(output.replicated), digests)
 
     def merge(self, other: "Partial") -> "Partial":
         started = time.perf_counter()
@@ -186,6 +207,8 @@ class Partial:
             _add(self.fixed_sums, other.fixed_sums),
             self.fixed_point or other.fixed_point,
             {**self.evaluations, **other.evaluations},
+            self.replicated or other.replicated,
+            {**self.digests, **other.digests},
         )
         merged.merge_seconds += time.perf_counter() - started
         return merged
@@ -196,7 +219,7 @@ class Partial:
             means.update({name: self.fixed_point.decode(total) / self.weight for name, total in self.fixed_sums.items()})
         tasks = [self.records[index] for index in sorted(self.records)]
         evaluations = [self.evaluations[index] for index in sorted(self.evaluations)]
-        return MergedResult(self.weight, means, tasks, dict(sorted(self.rejected.items())), evaluations)
+        return MergedResult(self.weight, means, tasks, dict(sorted(self.rejected.items())), evaluations, self.replicated, dict(sorted(self.digests.items())))
 
 
 def _add(left: dict[str, np.ndarray], right: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -228,8 +251,9 @@ def encode_partial(partial: Partial) -> bytes:
     arrays: dict[str, np.ndarray] = {"weight": np.int64(partial.weight), "merge_seconds": np.float64(partial.merge_seconds)}
     if partial.fixed_point is not None:
         arrays["fixed_point"] = np.array([partial.fixed_point.fraction_bits, partial.fixed_point.terms], dtype=np.int64)
-    for field in ("sums", "fixed_sums"):
+    for field in ("sums", "fixed_sums", "replicated"):
         arrays.update({f"{field}/{name}": value for name, value in getattr(partial, field).items()})
+    arrays.update({f"digests/{index}": np.asarray(value) for index, value in partial.digests.items()})
     for field in ("records", "evaluations"):
         for index, values in getattr(partial, field).items():
             arrays.update({f"{field}/{index}/{name}": np.asarray(value) for name, value in values.items()})
@@ -253,10 +277,10 @@ def decode_partial(data: bytes) -> Partial:
                 setattr(partial, field, value.item())
             elif field == "fixed_point":
                 partial.fixed_point = FixedPoint(*(int(number) for number in value))
-            elif field in ("sums", "fixed_sums"):
+            elif field in ("sums", "fixed_sums", "replicated"):
                 getattr(partial, field)[rest] = value
-            elif field == "rejected":
-                partial.rejected[int(rest)] = str(value.item())
+            elif field in ("rejected", "digests"):
+                getattr(partial, field)[int(rest)] = str(value.item())
             else:
                 index, _, name = rest.partition("/")
                 getattr(partial, field).setdefault(int(index), {})[name] = value.item() if value.ndim == 0 else value
@@ -276,10 +300,20 @@ class MergedResult:
     """Task index to the reason its result was rejected."""
     evaluations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     """The tasks' shares of the broadcast policy's evaluation, in task order (so in episode order)."""
+    replicated: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    """A synchronized run's state, as the task of rank 0 returned it (empty where that task's result was rejected)."""
+    digests: Mapping[int, str] = dataclasses.field(default_factory=dict)
+    """Each healthy synchronized task's digest of the state it holds."""
+
+    def disagreeing(self) -> list[int]:
+        """The tasks whose state differs from the one ``replicated`` holds (every task, where it is missing)."""
+        expected = digest(self.replicated) if self.replicated else None
+        return [index for index, found in self.digests.items() if found != expected]
 
 
 def _non_finite(output: TaskOutput) -> str | None:
-    named = [*output.weighted.items(), *output.fixed.items(), *output.records.items(), ("episode_returns", output.episode_returns)]
+    named = [*output.weighted.items(), *output.fixed.items(), *output.replicated.items(), *output.records.items(),
+             ("episode_returns", output.episode_returns)]
     for name, value in named:
         array = np.asarray(value)
         if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):

@@ -62,6 +62,9 @@ class Run:
                 raise ConfigError(f"resume: {directory} is not a ddrl run directory (no {CONFIG_FILE})")
             stored = config_module.load(stored_path)
             config = config_module.load(source if source is not None else stored, overrides)
+            if config.spark.sync != stored.spark.sync:
+                raise ConfigError(f"spark.sync: {directory} trained with sync: {stored.spark.sync}, whose state (Adam, normalizers) "
+                                  f"the run must go on with; resume it with spark.sync: {stored.spark.sync}")
             if _but_the_spark_section(config) != _but_the_spark_section(stored):
                 raise ConfigError(f"resume: {directory} belongs to a different config than the one given")
             env = _described(config)

@@ -297,6 +297,12 @@ class RunLoop:
         if not result.tasks:
             message = f"iteration {iteration + 1}: every task's result was rejected ({next(iter(result.rejected.values()))})"
             raise ResultsRejected(message, {self: message})
+        if result.digests and not result.replicated:
+            message = f"iteration {iteration + 1}: the result of task 0, which returns the synchronized tasks' state, was rejected ({result.rejected.get(0)})"
+            raise ResultsRejected(message, {self: message})
+        if result.disagreeing():
+            raise TrainingError(f"iteration {iteration + 1}: tasks {result.disagreeing()} of a synchronized run hold other parameters "
+                                "than task 0 (their digests differ): the tasks' envs or libraries differ between executors")
         state, algorithm_metrics = self.algorithm.apply(state, result, iteration)
 
         env_steps = int(sum(task["env_steps"] for task in result.tasks))

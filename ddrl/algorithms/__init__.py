@@ -3,9 +3,10 @@
 The loop knows nothing of the algorithm's math, the algorithm nothing of Spark.  Per iteration the loop:
 
 1. asks ``task_payload(state, iteration)`` for what every task needs, and broadcasts it;
-2. runs ``run_task(payload, task_index, seed)`` in each Spark task, the seed derived from (run seed,
+2. runs ``run_task(payload, task_index, seed, collective)`` in each Spark task, the seed derived from (run seed,
    iteration, task index); on evaluation iterations the tasks also evaluate ``payload_policy(payload)``, each
-   a share of the evaluation episodes;
+   a share of the evaluation episodes.  ``collective`` (``ddrl.collective``) joins the task to the run's other
+   tasks under ``spark.sync: gradients``, and is a world of one otherwise;
 3. merges the tasks' ``TaskOutput``s exactly (``ddrl.merge``) with ``RDD.treeReduce``;
 4. calls ``apply(state, merged, iteration)`` on the driver for the next state and the iteration's metrics.
 
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ddrl.checkpoint import State
+from ddrl.collective import ALONE, Collective
 from ddrl.merge import MergedResult, TaskOutput
 from ddrl.normalizer import moments_from_state
 from ddrl.policy import Policy
@@ -31,8 +33,9 @@ class Algorithm(Protocol):
     def task_payload(self, state: State, iteration: int) -> dict[str, Any]:
         """What every task of ``iteration`` needs from the driver (broadcast once per iteration)."""
 
-    def run_task(self, payload: dict[str, Any], task_index: int, seed: int) -> TaskOutput:
-        """One task's work; runs on an executor and must be a pure function of its arguments."""
+    def run_task(self, payload: dict[str, Any], task_index: int, seed: int, collective: Collective = ALONE) -> TaskOutput:
+        """One task's work; runs on an executor and must be a pure function of its arguments (and of the other
+        tasks' in ``collective``)."""
 
     def apply(self, state: State, result: MergedResult, iteration: int) -> tuple[State, dict[str, float]]:
         """The next state from the merged task results, and the iteration's algorithm metrics."""

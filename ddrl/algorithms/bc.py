@@ -9,9 +9,13 @@ task reads the same rows, and runs ``epochs`` passes of Adam over them from the 
     Discrete, MultiDiscrete, MultiBinary actions:  L(theta) = -mean log pi_theta(a | s)
     Box actions:                                   L(theta) = mean |mu_theta(s) - a|^2   (mu: the greedy action's mean)
 
-It returns its change Delta_i = theta_i - theta, weighted by its rows, as fixed-point values (exact in any
-order), and the driver steps theta <- theta + sum_i n_i Delta_i / sum_i n_i.  The first iteration only measures
-the observations' moments (the normalizer every task must share before it trains); its change is zero.
+Under ``spark.sync: gradients`` (the default) the tasks sum their gradients at every step
+(``ddrl.algorithms.synchronized``): an epoch is ceil(rows / minibatch_size) steps over all of the table's rows,
+each task taking its share of every minibatch, and one Adam, shipped with theta, goes on from iteration to
+iteration, so N tasks fit the table as one process does.  Under ``parameters`` each task runs its own Adam over
+its share and returns its change Delta_i = theta_i - theta, weighted by its rows, as fixed-point values (exact
+in any order), and the driver steps theta <- theta + sum_i n_i Delta_i / sum_i n_i.  The first iteration only
+measures the observations' moments (the normalizer every task must share before it trains); theta stays.
 
 The saved policy is an actor of PPO's architecture (``hidden_sizes``, ``activation``, ``cnn``), so that PPO can
 start from it (``init.policy``); Box policies keep ``log_std_init`` as their log std.  ``train.total_env_steps``
@@ -29,8 +33,9 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from ddrl.algorithms.ppo import MAX_PARAMETER_CHANGE, flat_parameters, load_flat_parameters
-from ddrl.algorithms import PolicyOfParameters
+from ddrl.algorithms import PolicyOfParameters, synchronized
 from ddrl.checkpoint import State
+from ddrl.collective import ALONE, Collective
 from ddrl.config import Config, ConfigError, StrictModel
 from ddrl.data import trajectories
 from ddrl.data.tables import ParquetTable
@@ -41,6 +46,10 @@ from ddrl.normalizer import Moments, moments_from_state, moments_to_state, norma
 from ddrl.policy import Policy
 from ddrl.seeding import Stream, derive_seed
 from ddrl.worker_cache import WorkerCache
+
+
+SYNC_MODES = ("gradients", "parameters")
+"""``spark.sync`` modes, the default first (``ddrl.config``)."""
 
 
 class Hyperparameters(StrictModel):
@@ -80,8 +89,11 @@ class BehaviourCloning(PolicyOfParameters):
         self.rows_per_task = math.ceil(self.table.num_rows / config.spark.num_tasks)
         self.fixed_point = FixedPoint.for_sums(config.spark.num_tasks, self.rows_per_task * MAX_PARAMETER_CHANGE)
         with torch.device("meta"):
-            self.parameters = sum(parameter.numel() for parameter in self._actor(initialize=False).parameters())
+            self.tensor_sizes = [parameter.numel() for parameter in self._actor(initialize=False).parameters()]
         self.fingerprint = config.fingerprint()
+        self.synchronized = config.spark.sync == "gradients"
+        self.steps_per_epoch = math.ceil(self.table.num_rows / self.hp.minibatch_size)
+        """Under gradients: the steps of an epoch over the whole table, each task taking its share of every one."""
 
     def _actor(self, initialize: bool) -> nn.Module:
         return build_actor(self.env.observation, self.env.action_dim, self.architecture, initialize)
@@ -90,17 +102,22 @@ class BehaviourCloning(PolicyOfParameters):
     def initial_state(self) -> State:
         torch.manual_seed(derive_seed(self.config.seed, 0, 0, Stream.INITIALIZATION))
         empty = Moments.empty((self.env.observation_dim,))
-        return {"params": flat_parameters(self._actor(initialize=True)), **moments_to_state("obs", empty)}
+        adam = synchronized.initial_adam_state(self.tensor_sizes) if self.synchronized else {}
+        return {"params": flat_parameters(self._actor(initialize=True)), **moments_to_state("obs", empty), **adam}
 
     def task_payload(self, state: State, iteration: int) -> dict[str, Any]:
-        """theta and the observations' moments; with none yet, the tasks measure them instead of training."""
+        """theta (with Adam's state under gradients) and the observations' moments; with none yet, the tasks measure
+        them instead of training."""
         obs = moments_from_state("obs", state)
-        return {"params": state["params"], "obs_mean": obs.mean, "obs_variance": obs.variance, "measure_only": obs.count == 0}
+        adam = {key: state[key] for key in synchronized.ADAM_KEYS if key in state}
+        return {"params": state["params"], "obs_mean": obs.mean, "obs_variance": obs.variance, "measure_only": obs.count == 0, **adam}
 
     def apply(self, state: State, result: MergedResult, iteration: int) -> tuple[State, dict[str, float]]:
         tasks = result.tasks
-        new_state = dict(state)
-        new_state["params"] = (state["params"] + result.means["params_change"]).astype(np.float32)
+        if self.synchronized:
+            new_state = {**state, **result.replicated}
+        else:
+            new_state = {**state, "params": (state["params"] + result.means["params_change"]).astype(np.float32)}
         if float(state["obs_count"]) == 0:
             obs = moments_from_state("obs", state)
             for task in tasks:
@@ -121,50 +138,68 @@ class BehaviourCloning(PolicyOfParameters):
         return 0
 
     def task_result_bytes(self) -> int:
-        return self.parameters * BYTES_PER_FIXED_VALUE
+        """theta's change as one int64 a parameter, or (under gradients, from rank 0) theta and Adam's moments as float32."""
+        return sum(self.tensor_sizes) * (3 * 4 if self.synchronized else BYTES_PER_FIXED_VALUE)
 
     # ---- executor side -------------------------------------------------------------------------------------
-    def run_task(self, payload: dict[str, Any], task_index: int, seed: int) -> TaskOutput:
+    def run_task(self, payload: dict[str, Any], task_index: int, seed: int, collective: Collective = ALONE) -> TaskOutput:
         observations, actions = _SHARDS.get((self.fingerprint, task_index, self.table), lambda: self._read_shard(task_index))
         features = self.env.observation.features(observations)
         rows = len(actions)
+        actor = self._actor(initialize=False)
+        load_flat_parameters(actor, payload["params"])
+        parameters = list(actor.parameters())
+        optimizer = torch.optim.Adam(parameters, lr=self.hp.learning_rate)
+        if self.synchronized:
+            synchronized.load_adam(optimizer, parameters, payload)
+        records: dict[str, Any] = {"rows": 0}
         if payload["measure_only"]:
             moments = Moments.of(features["vector"])
-            records = {"obs_count": moments.count, "obs_mean": moments.mean, "obs_m2": moments.m2, "rows": 0}
-            return TaskOutput(weight=rows, weighted={}, fixed={"params_change": np.zeros(len(payload["params"]))},
-                              fixed_point=self.fixed_point, records=records, env_steps=0,
-                              episode_returns=np.zeros(0), episode_lengths=np.zeros(0, dtype=np.int64))
+            records.update(obs_count=moments.count, obs_mean=moments.mean, obs_m2=moments.m2)
+        else:
+            records.update(loss=self._fit(actor, optimizer, features, actions, payload, collective), rows=rows * self.hp.epochs)
+        if self.synchronized:
+            state = {"params": flat_parameters(actor), **synchronized.adam_state(optimizer, parameters)} if not payload["measure_only"] else {
+                "params": payload["params"], **{key: payload[key] for key in synchronized.ADAM_KEYS}}
+            result: dict[str, Any] = {"weighted": {}, **synchronized.replicated_output(collective, state)}
+        else:
+            change = flat_parameters(actor).astype(np.float64) - payload["params"]
+            result = {"weighted": {}, "fixed": {"params_change": change}, "fixed_point": self.fixed_point}
+        return TaskOutput(weight=rows, records=records, env_steps=records["rows"], episode_returns=np.zeros(0),
+                          episode_lengths=np.zeros(0, dtype=np.int64), **result)
 
+    def _fit(self, actor: nn.Module, optimizer: torch.optim.Adam, features: dict[str, np.ndarray], actions: np.ndarray,
+             payload: dict[str, Any], collective: Collective) -> float:
+        """``epochs`` passes of Adam over the task's rows (under gradients, its share of every minibatch of the
+        table); the mean loss of the steps."""
+        rows = len(actions)
         if self.hp.normalize_observation:
             features = {**features, "vector": normalize(features["vector"], payload["obs_mean"], payload["obs_variance"], self.env.observation.normalized)}
         tensors = {name: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32 if name == "vector" else value.dtype)) for name, value in features.items()}
         targets = torch.from_numpy(np.asarray(actions).reshape(rows, -1).astype(np.float32 if self.env.action.kind == "box" else np.int64))
-        actor = self._actor(initialize=False)
-        load_flat_parameters(actor, payload["params"])
-        optimizer = torch.optim.Adam(actor.parameters(), lr=self.hp.learning_rate)
+        parameters = list(actor.parameters())
+        steps = self.steps_per_epoch if self.synchronized else math.ceil(rows / self.hp.minibatch_size)
         losses = []
         for _ in range(self.hp.epochs):
-            order = torch.randperm(rows)
-            for start in range(0, rows, self.hp.minibatch_size):
-                minibatch = order[start : start + self.hp.minibatch_size]
+            minibatches = torch.tensor_split(torch.randperm(rows), steps)
+            for count, minibatch in zip(synchronized.all_reduce_sum(collective, [len(minibatch) for minibatch in minibatches]), minibatches):
+                if count == 0:
+                    continue
                 output = forward(actor, {name: value[minibatch] for name, value in tensors.items()})
-                loss = self._loss(output, targets[minibatch])
+                loss = self._losses(output, targets[minibatch]).sum()
                 optimizer.zero_grad()
                 loss.backward()
-                nn.utils.clip_grad_norm_(actor.parameters(), self.hp.max_grad_norm)
+                losses.append(synchronized.all_reduce_gradients(parameters, collective, count, loss.detach()).item())
+                nn.utils.clip_grad_norm_(parameters, self.hp.max_grad_norm)
                 optimizer.step()
-                losses.append(loss.item())
-        change = flat_parameters(actor).astype(np.float64) - payload["params"]
-        return TaskOutput(weight=rows, weighted={}, fixed={"params_change": change}, fixed_point=self.fixed_point,
-                          records={"loss": float(np.mean(losses)), "rows": rows * self.hp.epochs}, env_steps=rows * self.hp.epochs,
-                          episode_returns=np.zeros(0), episode_lengths=np.zeros(0, dtype=np.int64))
+        return float(np.mean(losses))
 
-    def _loss(self, output: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def _losses(self, output: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Each row's loss: squared distance of the greedy action to the logged one (Box), else -log pi(a | s)."""
         if self.env.action.kind == "box":
-            mean = output.reshape(actions.shape)
-            return ((mean - actions) ** 2).sum(-1).mean()
+            return ((output.reshape(actions.shape) - actions) ** 2).sum(-1)
         log_prob, _ = self.env.action.log_prob_and_entropy(output, actions, None, None)
-        return -log_prob.mean()
+        return -log_prob
 
     def _read_shard(self, task_index: int) -> tuple[Any, np.ndarray]:
         """This task's observations and actions from the table, checked against the env's spaces."""

@@ -40,6 +40,7 @@ from pydantic import Field, model_validator
 from ddrl import envs as envs_module
 from ddrl.algorithms import PolicyOfParameters
 from ddrl.checkpoint import State
+from ddrl.collective import ALONE, Collective
 from ddrl.config import Config, ConfigError, StrictModel
 from ddrl.envs import EnvInfo
 from ddrl.merge import MergedResult, TaskOutput
@@ -52,6 +53,10 @@ from ddrl.worker_cache import WorkerCache
 ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON = 0.9, 0.999, 1e-8
 PERTURBABLE = ("learning_rate", "sigma")
 """Hyperparameters population-based training may change during a run (``ddrl.sweeps``)."""
+
+
+SYNC_MODES = ("parameters",)
+"""ES has no gradients to sum: its tasks return the returns of their perturbations, which the driver steps by."""
 
 
 class Hyperparameters(StrictModel):
@@ -289,7 +294,7 @@ class EvolutionStrategy(PolicyOfParameters, abc.ABC):
         return 0
 
     # ---- executor side -------------------------------------------------------------------------------------
-    def run_task(self, payload: dict[str, Any], task_index: int, seed: int) -> TaskOutput:
+    def run_task(self, payload: dict[str, Any], task_index: int, seed: int, collective: Collective = ALONE) -> TaskOutput:
         """Evaluate this task's slice of the directions, both halves on the same env seeds.
 
         Directions run in waves of ``num_envs``, one per sub-env; a wave resets the vector env with a seed

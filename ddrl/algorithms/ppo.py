@@ -1,11 +1,22 @@
-"""Proximal Policy Optimization (Schulman et al. 2017), trained by local rounds and an outer step on the driver.
+"""Proximal Policy Optimization (Schulman et al. 2017) over Spark tasks, reading top to bottom like CleanRL's ppo.py.
 
-Every task starts from the broadcast parameters theta and runs ``local_rounds`` rounds on its own envs, episodes
-continuing from round to round and, carried by the driver (``ddrl.carry``), from job to job: collect ``num_envs x num_steps`` transitions, compute GAE(lambda) advantages,
-run ``update_epochs x num_minibatches`` Adam steps on the clipped surrogate objective.  It returns the change
-of its parameters, Delta_i = theta_i - theta, weighted by its sample count n_i, as one int64 fixed-point value
-per parameter (``ddrl.merge.FixedPoint``: exact and order-independent to sum).  The driver takes the outer
-step of DiLoCo (Douillard et al. 2023) on the mean change Delta = sum_i n_i Delta_i / sum_i n_i:
+Every task starts from the shipped parameters theta and runs ``local_rounds`` rounds on its own envs, episodes
+continuing from round to round and, carried by the driver (``ddrl.carry``), from job to job: collect
+``num_envs x num_steps`` transitions, compute GAE(lambda) advantages, run ``update_epochs x num_minibatches``
+Adam steps on the clipped surrogate objective.  How the tasks learn together is ``spark.sync``:
+
+**gradients** (the default; DD-PPO, Wijmans et al. 2020).  The tasks run as one barrier stage and a minibatch
+is the union of every task's k-th minibatch: at each step they sum their gradients (``ddrl.algorithms
+.synchronized``), so every task takes the Adam step one process with all of their envs takes, with the
+advantages standardized, the gradient clipped and ``target_kl`` judged over the whole minibatch, and the
+normalizers' moments shared at every round.  The tasks end the job with the same parameters, Adam state and
+normalizers, which the driver keeps as they are.  So N tasks learn per sample as one process does, and each
+computes 1/N of every minibatch.
+
+**parameters**.  Each task updates on its own and returns the change of its parameters, Delta_i = theta_i -
+theta, weighted by its sample count n_i, as one int64 fixed-point value per parameter (``ddrl.merge.FixedPoint``:
+exact and order-independent to sum).  The driver takes the outer step of DiLoCo (Douillard et al. 2023) on the
+mean change Delta = sum_i n_i Delta_i / sum_i n_i:
 
     theta <- theta + outer_lr * Delta                                  (outer_momentum = 0)
     b <- mu * b + Delta;  theta <- theta + outer_lr * (Delta + mu * b)  (Nesterov, mu = outer_momentum)
@@ -15,12 +26,10 @@ McCandlish et al. (2018) the optimal learning rate grows with the batch as eps(B
 from the gradient noise scale B_noise measured across the tasks (``ddrl.noise_scale``).  With ``task_scaling:
 noise_scale_lr`` (the default) the tasks' learning rate is multiplied by eps(N b) / eps(b), from the earlier
 iterations' B_noise, up to ``max_scaled_learning_rate``; with ``noise_scale`` Delta is lengthened by that ratio
-instead; ``none`` is plain averaging.
-
-Adam's moments (``adam_moments``): ``restart`` starts them at zero in every task; ``fedadamw`` (the default:
-fewest CartPole steps over 24 seeds, BENCHMARKS.md) restarts the first and starts the second from the tasks'
-per-tensor means of the last iteration (FedAdamW, arXiv 2510.27486); ``average`` ships and averages both (7 times
-the result bytes).  Reads top to bottom like CleanRL's ppo.py.
+instead; ``none`` is plain averaging.  Adam's moments (``adam_moments``): ``restart`` starts them at zero in every
+task; ``fedadamw`` (the default: fewest CartPole steps over 24 seeds, BENCHMARKS.md) restarts the first and
+starts the second from the tasks' per-tensor means of the last iteration (FedAdamW, arXiv 2510.27486);
+``average`` ships and averages both (7 times the result bytes).
 """
 
 from __future__ import annotations
@@ -39,7 +48,8 @@ from torch import nn
 
 from ddrl import carry, envs as envs_module, noise_scale
 from ddrl.carry import EnvCursor
-from ddrl.algorithms import PolicyOfParameters
+from ddrl.algorithms import PolicyOfParameters, synchronized
+from ddrl.collective import ALONE, Collective
 from ddrl.checkpoint import State
 from ddrl.config import Config, ConfigError, StrictModel
 from ddrl.data import trajectories
@@ -55,6 +65,10 @@ log = logging.getLogger("ddrl")
 
 PERTURBABLE = ("learning_rate", "ent_coef", "clip_coef")
 """Hyperparameters population-based training may change during a run (``ddrl.sweeps``)."""
+
+
+SYNC_MODES = ("gradients", "parameters")
+"""``spark.sync`` modes, the default first (``ddrl.config``)."""
 
 
 class Hyperparameters(StrictModel):
@@ -92,12 +106,13 @@ class Hyperparameters(StrictModel):
         "single process; false resets them from the task's seed at the start of every job."
     )
     adam_moments: Literal["restart", "fedadamw", "average"] = Field(
-        "fedadamw", description="Adam's moments in each task: restarted, second moment as per-tensor means, or averaged."
+        "fedadamw", description="With spark.sync: parameters, Adam's moments in each task: restarted, second moment as per-tensor "
+        "means, or averaged (under gradients the tasks keep one Adam, shipped whole)."
     )
-    outer_lr: float = Field(1.0, gt=0, le=10, description="Outer step on the mean parameter change (1: plain averaging).")
-    outer_momentum: float = Field(0.0, ge=0, lt=1, description="Nesterov momentum of the outer step (0: none).")
+    outer_lr: float = Field(1.0, gt=0, le=10, description="With spark.sync: parameters, the outer step on the mean parameter change (1: plain averaging).")
+    outer_momentum: float = Field(0.0, ge=0, lt=1, description="With spark.sync: parameters, Nesterov momentum of the outer step (0: none).")
     task_scaling: Literal["none", "noise_scale", "noise_scale_lr"] = Field(
-        "noise_scale_lr", description="What N tasks' batch changes: the tasks' learning rate, multiplied by "
+        "noise_scale_lr", description="With spark.sync: parameters, what N tasks' batch changes: the tasks' learning rate, multiplied by "
         "eps(N b) / eps(b) from the previous iterations' gradient noise scale, up to max_scaled_learning_rate "
         "(noise_scale_lr, the default); nothing (none: plain averaging, the behaviour before it); or the outer step, "
         "the mean change lengthened by that ratio (noise_scale: slower on CartPole at 8 and 16 tasks, BENCHMARKS.md "
@@ -345,50 +360,73 @@ def _tensors(vector: np.ndarray, images: dict[str, np.ndarray]) -> dict[str, tor
 
 
 def ppo_update(
-    model: "ActorCritic", optimizer: torch.optim.Adam, batch: Batch, hp: Hyperparameters, stats: dict[str, list[float]], train_actor: bool = True
+    model: "ActorCritic",
+    optimizer: torch.optim.Adam,
+    batch: Batch,
+    hp: Hyperparameters,
+    stats: dict[str, list[float]],
+    collective: Collective = ALONE,
+    train_actor: bool = True,
 ) -> int:
     """update_epochs x num_minibatches Adam steps on the clipped surrogate objective (the value loss alone without
-    ``train_actor``); appends to ``stats``, returns the number of steps taken."""
+    ``train_actor``); appends to ``stats``, returns the number of steps taken.
+
+    With the run's other tasks (``collective``; ``spark.sync: gradients``) a minibatch is the union of every task's
+    k-th minibatch, and each step is one process's step on it: the advantages are standardized with the moments of
+    the whole minibatch, the losses are its means (``synchronized.all_reduce_gradients``), and the gradient is
+    clipped by its global norm; ``target_kl`` stops every task at the same epoch, by the whole minibatch's KL."""
     batch_size = len(batch.actions)
     minibatch_size = max(batch_size // hp.num_minibatches, 1)
-    updates = 0
+    parameters = list(model.parameters())
+    epochs = []
     for _ in range(hp.update_epochs):
         order = torch.randperm(batch_size)
-        for start in range(0, minibatch_size * hp.num_minibatches, minibatch_size):
-            mb = order[start : start + minibatch_size]
+        epochs.append([order[start : start + minibatch_size] for start in range(0, minibatch_size * hp.num_minibatches, minibatch_size)])
+    # Every global minibatch's row count and advantage sums, for all epochs in one all-reduce.
+    advantages = batch.advantages.double()
+    totals = synchronized.all_reduce_sum(collective, [
+        value for minibatches in epochs for mb in minibatches for value in (len(mb), advantages[mb].sum().item(), advantages[mb].square().sum().item())
+    ])
+    updates = 0
+    for epoch, minibatches in enumerate(epochs):
+        for k, mb in enumerate(minibatches):
+            count, advantage_sum, advantage_sq_sum = totals[3 * (epoch * hp.num_minibatches + k) : 3 * (epoch * hp.num_minibatches + k) + 3]
+            if count == 0:  # a batch smaller than num_minibatches on every task
+                continue
             mb_features = {name: value[mb] for name, value in batch.features.items()}
             mb_masks = None if batch.masks is None else batch.masks[mb]
             output, new_value = model.output_and_value(mb_features)
             new_log_prob, entropy = model.log_prob_and_entropy(output, batch.actions[mb], mb_masks)
             log_ratio = new_log_prob - batch.log_probs[mb]
             ratio = log_ratio.exp()
-            with torch.no_grad():
-                approx_kl = ((ratio - 1) - log_ratio).mean()  # http://joschu.net/blog/kl-approx.html
-                clipfrac = ((ratio - 1.0).abs() > hp.clip_coef).float().mean()
 
             mb_advantages = batch.advantages[mb]
-            if hp.norm_adv and len(mb) > 1:
-                mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-            pg_loss = torch.max(
-                -mb_advantages * ratio,
-                -mb_advantages * torch.clamp(ratio, 1 - hp.clip_coef, 1 + hp.clip_coef),
-            ).mean()
+            if hp.norm_adv and count > 1:
+                mean = advantage_sum / count
+                std = math.sqrt(max(advantage_sq_sum - count * mean * mean, 0.0) / (count - 1))  # unbiased, as torch's std
+                mb_advantages = (mb_advantages - mean) / (std + 1e-8)
+            pg_losses = torch.max(-mb_advantages * ratio, -mb_advantages * torch.clamp(ratio, 1 - hp.clip_coef, 1 + hp.clip_coef))
 
             if hp.clip_vloss:
                 v_clipped = batch.values[mb] + torch.clamp(new_value - batch.values[mb], -hp.clip_coef, hp.clip_coef)
-                v_loss = 0.5 * torch.max((new_value - batch.returns[mb]) ** 2, (v_clipped - batch.returns[mb]) ** 2).mean()
+                v_losses = 0.5 * torch.max((new_value - batch.returns[mb]) ** 2, (v_clipped - batch.returns[mb]) ** 2)
             else:
-                v_loss = 0.5 * ((new_value - batch.returns[mb]) ** 2).mean()
+                v_losses = 0.5 * (new_value - batch.returns[mb]) ** 2
 
-            entropy_loss = entropy.mean()
-            loss = (pg_loss - hp.ent_coef * entropy_loss if train_actor else 0.0) + hp.vf_coef * v_loss
+            # Sums over this task's rows: all_reduce_gradients turns them into the whole minibatch's means.
+            loss = ((pg_losses - hp.ent_coef * entropy).sum() if train_actor else 0.0) + hp.vf_coef * v_losses.sum()
             optimizer.zero_grad()
             loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), hp.max_grad_norm)
+            with torch.no_grad():
+                approx_kl = ((ratio - 1) - log_ratio).sum()  # http://joschu.net/blog/kl-approx.html
+                clipfrac = ((ratio - 1.0).abs() > hp.clip_coef).float().sum()
+                sums = torch.stack([pg_losses.sum(), v_losses.sum(), entropy.sum(), approx_kl, clipfrac])
+            means = synchronized.all_reduce_gradients(parameters, collective, count, sums)
+            nn.utils.clip_grad_norm_(parameters, hp.max_grad_norm)
             optimizer.step()
             updates += 1
-            for name, value in zip(LOSSES, (pg_loss, v_loss, entropy_loss, approx_kl, clipfrac)):
-                stats[name].append(value.item())
+            for name, value in zip(LOSSES, means.tolist()):
+                stats[name].append(value)
         if hp.target_kl is not None and stats["approx_kl"][-1] > hp.target_kl:
             break
     return updates
@@ -414,6 +452,7 @@ class PPO(PolicyOfParameters):
         with torch.device("meta"):  # shapes only: models may be huge
             self.tensor_sizes = [parameter.numel() for parameter in ActorCritic(env, self.hp, initialize=False).parameters()]
         self.fingerprint = config.fingerprint()
+        self.synchronized = config.spark.sync == "gradients"
         self.warned_about_replay = False
         # A policy saved without a critic (BC's) starts with an untrained one, whose advantages would be noise:
         # the first iterations train the critic alone.
@@ -433,6 +472,8 @@ class PPO(PolicyOfParameters):
             **moments_to_state("obs", observations),
             **moments_to_state("return", Moments.empty(())),
         }
+        if self.synchronized:
+            return {**state, **synchronized.initial_adam_state(self.tensor_sizes)}
         if self.hp.adam_moments != "restart":
             state["adam_step"] = np.array(0.0)
         if self.hp.adam_moments == "fedadamw":
@@ -468,13 +509,16 @@ class PPO(PolicyOfParameters):
 
     def task_payload(self, state: State, iteration: int) -> dict[str, Any]:
         """theta, a learning rate per local round (annealed linearly over all rounds of the run), the
-        normalizers, and the Adam state ``adam_moments`` keeps."""
+        normalizers, and the Adam state: all of it under ``spark.sync: gradients``, else what ``adam_moments`` keeps."""
         rounds, total_rounds = self.hp.local_rounds, self.hp.local_rounds * self.num_iterations
         annealed = [max(1.0 - (iteration * rounds + k) / total_rounds, 0.0) for k in range(rounds)]
         obs = moments_from_state("obs", state)
-        adam_keys = ("adam_step", "adam_v_means", "adam_m", "adam_v")
+        adam_keys = ("adam_step", "adam_v_means", "adam_m", "adam_v", "adam_steps")
         learning_rate = self._learning_rate_scale(state) * self.hp.learning_rate
+        # The running normalizers themselves, which synchronized tasks go on updating at every round.
+        normalizers = {**moments_to_state("obs", obs), **moments_to_state("return", moments_from_state("return", state))} if self.synchronized else {}
         return {
+            **normalizers,
             "iteration": iteration + 1,  # as the run's metrics number it
             "params": state["params"],
             "learning_rates": [learning_rate * (fraction if self.hp.anneal_lr else 1.0) for fraction in annealed],
@@ -492,13 +536,30 @@ class PPO(PolicyOfParameters):
         else 1): the tasks' Adam steps lengthen where N tasks' batch is still below B_noise, while each task's
         clipped objective bounds how far its policy moves.  Adam moves each parameter by about the learning rate a
         step whatever the gradient's size, so the scaled rate stops at ``max_scaled_learning_rate``."""
-        if self.hp.task_scaling != "noise_scale_lr":
+        if self.hp.task_scaling != "noise_scale_lr" or self.synchronized:
             return 1.0
         scale = noise_scale.step_scale(noise_scale.noise_scale(state), self.samples_per_task, self.config.spark.num_tasks)
         return min(scale, max(self.hp.max_scaled_learning_rate / self.hp.learning_rate, 1.0))
 
     def apply(self, state: State, result: MergedResult, iteration: int) -> tuple[State, dict[str, float]]:
-        """The outer step on the mean change, the normalizers and Adam's kept moments folded in task order."""
+        """The state the tasks ended with (``spark.sync: gradients``: they hold the same), or the outer step on
+        their mean change (``parameters``); the iteration's metrics; the carried episodes."""
+        tasks = result.tasks
+        if self.synchronized:
+            new_state, metrics = {**state, **result.replicated}, {"allreduce_s": float(np.mean([task["allreduce_s"] for task in tasks]))}
+        else:
+            new_state, metrics = self._averaged(state, result)
+        metrics.update({
+            name: float(np.mean([task[name] for task in tasks]))
+            for name in (*LOSSES, "explained_variance", "learning_rate", "rollout_s", "update_s", "record_s") if name in tasks[0]
+        })
+        metrics["update_norm"] = float(np.linalg.norm(new_state["params"] - state["params"]))
+        if self.hp.carry_episodes:
+            new_state = self._carry_over(new_state, tasks, metrics)
+        return new_state, metrics
+
+    def _averaged(self, state: State, result: MergedResult) -> tuple[State, dict[str, float]]:
+        """The outer step on the tasks' mean change, the normalizers and Adam's kept moments folded in task order."""
         hp, tasks = self.hp, result.tasks
         samples = np.array([task["samples"] for task in tasks], dtype=np.float64)
         change_sq_norms = np.array([task["change_sq_norm"] for task in tasks])
@@ -532,16 +593,11 @@ class PPO(PolicyOfParameters):
         # distance of the tasks' parameters from their mean).
         mean_sq_change = float(np.dot(samples, change_sq_norms) / samples.sum())
         metrics = {
-            name: float(np.mean([task[name] for task in tasks]))
-            for name in (*LOSSES, "explained_variance", "learning_rate", "rollout_s", "update_s", "record_s") if name in tasks[0]
+            "drift": math.sqrt(max(mean_sq_change - float(np.dot(mean_change, mean_change)), 0.0)),
+            "noise_scale": b_noise,
+            "useful_tasks": b_noise / samples_per_task,
+            "step_scale": scale * self._learning_rate_scale(state),  # each is 1 unless its rule is on
         }
-        metrics["drift"] = math.sqrt(max(mean_sq_change - float(np.dot(mean_change, mean_change)), 0.0))
-        metrics["update_norm"] = float(np.linalg.norm(new_state["params"] - state["params"]))
-        metrics["noise_scale"] = b_noise
-        metrics["useful_tasks"] = b_noise / samples_per_task
-        metrics["step_scale"] = scale * self._learning_rate_scale(state)  # each is 1 unless its rule is on
-        if hp.carry_episodes:
-            new_state = self._carry_over(new_state, tasks, metrics)
         return new_state, metrics
 
     def _carry_over(self, state: State, tasks: list[dict[str, Any]], metrics: dict[str, float]) -> State:
@@ -583,17 +639,25 @@ class PPO(PolicyOfParameters):
         return carry.bound_bytes(config.env.num_envs, math.prod(self.env.action.shape), 2 * game_steps)
 
     def task_result_bytes(self) -> int:
-        """The parameter change as one int64 a parameter; with ``adam_moments: average`` both moments as limbs."""
+        """The parameter change as one int64 a parameter; with ``adam_moments: average`` both moments as limbs;
+        under ``spark.sync: gradients`` the parameters and Adam's moments as float32 (from the task of rank 0)."""
         parameters = sum(self.tensor_sizes)
+        if self.synchronized:
+            return 3 * 4 * parameters
         moments = 2 * parameters * BYTES_PER_WEIGHTED_VALUE if self.hp.adam_moments == "average" else 0
         return parameters * BYTES_PER_FIXED_VALUE + moments
 
     # ---- executor side -------------------------------------------------------------------------------------
-    def run_task(self, payload: dict[str, Any], task_index: int, seed: int) -> TaskOutput:
+    def run_task(self, payload: dict[str, Any], task_index: int, seed: int, collective: Collective = ALONE) -> TaskOutput:
         hp = self.hp
         model, optimizer = _WORKER_MODELS.get(self.fingerprint, self._build_model)
+        parameters = list(model.parameters())
         load_flat_parameters(model, payload["params"])
-        _start_adam(optimizer, model, payload, hp.adam_moments)
+        if self.synchronized:
+            synchronized.load_adam(optimizer, parameters, payload)
+            obs_running, return_running = moments_from_state("obs", payload), moments_from_state("return", payload)
+        else:
+            _start_adam(optimizer, model, payload, hp.adam_moments)
         obs_mean, obs_std = payload["obs_mean"], np.sqrt(payload["obs_variance"] + EPSILON)
         reward_scale = 1.0 / math.sqrt(payload["return_variance"] + 1e-8) if hp.normalize_reward else 1.0
         rng = np.random.default_rng(seed)
@@ -622,12 +686,18 @@ class PPO(PolicyOfParameters):
             rollout_seconds += time.perf_counter() - started
             started = time.perf_counter()
             optimizer.param_groups[0]["lr"] = learning_rate
-            updates += ppo_update(model, optimizer, batch, hp, stats, train_actor=not payload["critic_warmup"])
+            updates += ppo_update(model, optimizer, batch, hp, stats, collective, train_actor=not payload["critic_warmup"])
             update_seconds += time.perf_counter() - started
             samples += len(batch.actions)
             explained.append(explained_variance(batch))
-            seen_observations.append(batch.raw_observations)
-            discounted_returns.append(batch.discounted_returns)
+            if self.synchronized:  # one process's normalizers go on at every round, over every task's envs in rank order
+                for obs_round, return_round in synchronized.gathered_moments(collective, [Moments.of(batch.raw_observations), Moments.of(batch.discounted_returns)]):
+                    obs_running, return_running = obs_running.combine(obs_round), return_running.combine(return_round)
+                obs_mean, obs_std = obs_running.mean, np.sqrt(obs_running.variance + EPSILON)
+                reward_scale = 1.0 / math.sqrt(float(return_running.variance) + 1e-8) if hp.normalize_reward else 1.0
+            else:
+                seen_observations.append(batch.raw_observations)
+                discounted_returns.append(batch.discounted_returns)
             episode_returns.append(batch.episode_returns)
             episode_lengths.append(batch.episode_lengths)
 
@@ -635,22 +705,12 @@ class PPO(PolicyOfParameters):
             started = time.perf_counter()
             trajectories.write(record_to, trajectories.file_name(payload["iteration"], task_index), pa.concat_tables(recorded))
             record_seconds = time.perf_counter() - started
-        change = flat_parameters(model).astype(np.float64) - payload["params"]
-        obs_moments = Moments.of(np.concatenate(seen_observations))
-        return_moments = Moments.of(np.concatenate(discounted_returns))
         records = {
             **{name: float(np.mean(values)) for name, values in stats.items()},
             "explained_variance": float(np.mean(explained)),
             "samples": samples,
-            "change_sq_norm": float(np.dot(change, change)),
             "updates": updates,
             "learning_rate": float(np.mean(payload["learning_rates"])),
-            "obs_count": obs_moments.count,
-            "obs_mean": obs_moments.mean,
-            "obs_m2": obs_moments.m2,
-            "return_count": return_moments.count,
-            "return_mean": return_moments.mean,
-            "return_m2": return_moments.m2,
             "rollout_s": rollout_seconds,
             "update_s": update_seconds,
             "task_index": task_index,
@@ -661,19 +721,36 @@ class PPO(PolicyOfParameters):
             records.update({f"carry.{name}": value for name, value in carry.capture(carry_key, vector_env, cursor).arrays().items()})
             records.update(replayed_steps=resumed.replayed_steps, replay_failures=resumed.replay_failures,
                            restore_s=resumed.restore_seconds, carry_cache_hit=float(resumed.cache_hit))
-        if hp.adam_moments == "fedadamw":
-            records["adam_v_means"] = np.array([optimizer.state[p]["exp_avg_sq"].double().mean().item() for p in model.parameters()])
-        weighted = dict(zip(("adam_m", "adam_v"), _flat_adam_moments(optimizer, model))) if hp.adam_moments == "average" else {}
+        if self.synchronized:
+            records["allreduce_s"] = collective.seconds
+            state = {"params": flat_parameters(model), **synchronized.adam_state(optimizer, parameters),
+                     **moments_to_state("obs", obs_running), **moments_to_state("return", return_running)}
+            result: dict[str, Any] = {"weighted": {}, **synchronized.replicated_output(collective, state)}
+        else:
+            result = self._change(model, optimizer, payload, records, seen_observations, discounted_returns)
         return TaskOutput(
             weight=samples,
-            weighted=weighted,
-            fixed={"params_change": change},
-            fixed_point=self.fixed_point,
             records=records,
             env_steps=len(payload["learning_rates"]) * hp.num_steps * self.config.env.num_envs,
             episode_returns=np.concatenate(episode_returns),
             episode_lengths=np.concatenate(episode_lengths),
+            **result,
         )
+
+    def _change(self, model: ActorCritic, optimizer: torch.optim.Adam, payload: dict[str, Any], records: dict[str, Any],
+                seen_observations: list[np.ndarray], discounted_returns: list[np.ndarray]) -> dict[str, Any]:
+        """What a task returns for parameter averaging: its change, its observations' moments and the Adam state
+        ``adam_moments`` keeps (into ``records``), as ``TaskOutput``'s fields."""
+        change = flat_parameters(model).astype(np.float64) - payload["params"]
+        obs_moments = Moments.of(np.concatenate(seen_observations))
+        return_moments = Moments.of(np.concatenate(discounted_returns))
+        records.update(change_sq_norm=float(np.dot(change, change)), obs_count=obs_moments.count, obs_mean=obs_moments.mean,
+                       obs_m2=obs_moments.m2, return_count=return_moments.count, return_mean=return_moments.mean, return_m2=return_moments.m2)
+        if self.hp.adam_moments == "fedadamw":
+            records["adam_v_means"] = np.array([optimizer.state[p]["exp_avg_sq"].double().mean().item() for p in model.parameters()])
+        kept = synchronized.adam_state(optimizer, list(model.parameters())) if self.hp.adam_moments == "average" else {}
+        weighted = {name: kept[name] for name in ("adam_m", "adam_v") if name in kept}
+        return {"weighted": weighted, "fixed": {"params_change": change}, "fixed_point": self.fixed_point}
 
     def _build_model(self) -> tuple[ActorCritic, torch.optim.Adam]:
         """The model and optimizer a Python worker keeps per config (the task loads theta and Adam's state)."""
@@ -743,28 +820,26 @@ def _start_adam(optimizer: torch.optim.Adam, model: nn.Module, payload: dict[str
     optimizer.state.clear()
     if adam_moments == "restart":
         return
-    offset = 0
-    for index, parameter in enumerate(model.parameters()):
-        size = parameter.numel()
-        if adam_moments == "average":
-            first = torch.tensor(payload["adam_m"][offset : offset + size]).view_as(parameter).clone()
-            second = torch.tensor(payload["adam_v"][offset : offset + size]).view_as(parameter).clone()
-        else:
-            first = torch.zeros_like(parameter)
-            second = torch.full_like(parameter, float(payload["adam_v_means"][index]))
-        optimizer.state[parameter] = {"step": torch.tensor(float(payload["adam_step"])), "exp_avg": first, "exp_avg_sq": second}
-        offset += size
+    parameters = list(model.parameters())
+    steps = np.full(len(parameters), float(payload["adam_step"]))
+    if adam_moments == "average":
+        synchronized.load_adam(optimizer, parameters, {"adam_m": payload["adam_m"], "adam_v": payload["adam_v"], "adam_steps": steps})
+        return
+    for parameter, step, second in zip(parameters, steps, payload["adam_v_means"]):
+        optimizer.state[parameter] = {"step": torch.tensor(step), "exp_avg": torch.zeros_like(parameter), "exp_avg_sq": torch.full_like(parameter, float(second))}
 
 
-def _flat_adam_moments(optimizer: torch.optim.Adam, model: nn.Module) -> tuple[np.ndarray, np.ndarray]:
-    states = [optimizer.state[parameter] for parameter in model.parameters()]
-    first = torch.cat([state["exp_avg"].reshape(-1) for state in states]).numpy()
-    second = torch.cat([state["exp_avg_sq"].reshape(-1) for state in states]).numpy()
-    return first.astype(np.float32), second.astype(np.float32)
+AVERAGING_ONLY = ("adam_moments", "outer_lr", "outer_momentum", "task_scaling", "max_scaled_learning_rate")
+"""Keys of how the driver merges independently updated tasks, which synchronized tasks do not do."""
 
 
 def check(config: Config) -> None:
     """Checks that span config sections, run when the config is loaded (before Spark starts)."""
+    hp = config.hyperparameters
+    averaging = [key for key in AVERAGING_ONLY if getattr(hp, key) != Hyperparameters.model_fields[key].default]
+    if config.spark.sync == "gradients" and averaging:
+        raise ConfigError(f"ppo.{averaging[0]}: applies to spark.sync: parameters, where the driver merges the tasks' own updates; "
+                          "under gradients the tasks take every optimizer step together: remove it, or set spark.sync: parameters")
     if config.output.record_experience is not None and not config.hyperparameters.carry_episodes:
         raise ConfigError("output.record_experience: recorded episodes are named by the seed their game began with, "
                           "which only carried episodes have (ppo.carry_episodes: true, the default; EnvPool cannot carry)")

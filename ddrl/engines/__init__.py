@@ -9,21 +9,30 @@ Both run the same executor-side ``Work`` (``ddrl.engines.work``) and merge exact
 config and seed give bit-identical parameters on either kind of session.  One Spark job may carry the tasks of
 several runs (the trials of a sweep, ``ddrl.sweeps``): each ``Job`` is merged on its own, so sharing a job
 changes no run's result.
+
+Runs under ``spark.sync: gradients`` (``synchronized``) run as barrier stages, whose tasks form a group per run
+(``ddrl.engines.rendezvous``).  A barrier stage needs every one of its tasks running at once, so such runs share
+a Spark job only as far as the session's task slots go (``spark_jobs``), and a run with more tasks than slots is
+refused before the first job (``check_barrier``).  Spark does not run a failed barrier stage again when it ends
+in a result, as these do, so the engine does (``run_attempts``), as often as Spark would run a task.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from ddrl.algorithms import Algorithm
 from ddrl.config import Config, ConfigError
-from ddrl.engines import tree
+from ddrl.engines import guard, tree
 from ddrl.engines.work import Work
 from ddrl.merge import Partial
+
+log = logging.getLogger("ddrl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,3 +135,103 @@ def size_in_bytes(size: str) -> int:
     if match is None or match.group(2) not in _BYTE_UNITS:
         raise ConfigError(f"spark: cannot read the size {size!r} in this session's Spark settings")
     return int(match.group(1)) * _BYTE_UNITS[match.group(2)]
+
+
+def synchronized(config: Config) -> bool:
+    """Whether a run's tasks form a group and run as a barrier stage: ``spark.sync: gradients`` on several tasks."""
+    return config.spark.sync == "gradients" and config.spark.num_tasks > 1
+
+
+def check_barrier(configs: Sequence[Config], slots: int | None, dynamic_allocation: bool, more_slots: str) -> None:
+    """Refuse, before the first job, synchronized runs Spark cannot run as barrier stages: under dynamic allocation,
+    or with more tasks than the session's task slots (``slots``; None where the session does not tell), where
+    Spark would wait about ten minutes before it fails the job."""
+    counts = [config.spark.num_tasks for config in configs if synchronized(config)]
+    if not counts:
+        return
+    if dynamic_allocation:
+        raise ConfigError(
+            "spark.sync: gradients runs each iteration's tasks as one barrier stage, which Spark refuses under dynamic "
+            "allocation (spark.dynamicAllocation.enabled=true): turn it off for this application, or set spark.sync: parameters"
+        )
+    if slots is not None and max(counts) > slots:
+        raise ConfigError(
+            f"spark.num_tasks: {max(counts)} tasks must run at once (spark.sync: gradients runs them as one barrier "
+            f"stage), and this session has {slots} task slots: use at most {slots} tasks, {more_slots}, or set "
+            "spark.sync: parameters"
+        )
+
+
+def spark_jobs(jobs: Sequence[Job], slots: int | None) -> list[list[int]]:
+    """The indices of ``jobs`` each Spark job carries: every unsynchronized run in one job, synchronized runs in
+    barrier stages of at most ``slots`` tasks (consecutive runs packed together; None: no limit known)."""
+    plain = [index for index, job in enumerate(jobs) if not synchronized(job.work.config)]
+    stages: list[list[int]] = [plain] if plain else []
+    used = 0
+    for index, job in enumerate(jobs):
+        tasks = job.work.config.spark.num_tasks
+        if not synchronized(job.work.config):
+            continue
+        if not stages or stages[-1] is plain or (slots is not None and used + tasks > slots):
+            stages.append([])
+            used = 0
+        stages[-1].append(index)
+        used += tasks
+    return stages
+
+
+def run_in_spark_jobs(jobs: Sequence[Job], slots: int | None, attempts: int,
+                      run_one: Callable[[list[Job], bool], tuple[list[Partial], float]]) -> tuple[list[Partial], float]:
+    """``Engine.run`` over ``spark_jobs``: ``run_one(jobs, barrier)`` runs one Spark job; barrier stages are run
+    again after a failure, up to ``attempts`` times in all."""
+    partials: dict[int, Partial] = {}
+    ship_seconds = 0.0
+    for indices in spark_jobs(jobs, slots):
+        carried = [jobs[index] for index in indices]
+        if synchronized(carried[0].work.config):
+            merged, seconds = run_attempts(lambda: run_one(carried, True), attempts)
+        else:
+            merged, seconds = run_one(carried, False)
+        partials.update(zip(indices, merged))
+        ship_seconds += seconds
+    return [partials[index] for index in range(len(jobs))], ship_seconds
+
+
+def run_attempts(run: Callable[[], Any], attempts: int) -> Any:
+    """``run()``, again after a failure while attempts are left; a failure a task reported in one line (no group
+    could form, say) is not transient and ends it at once.  Tasks are pure functions of what they are shipped,
+    so a later attempt gives the bytes the first would have."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return run()
+        except Exception as error:
+            if attempt == attempts or guard.explain(error) is not None:
+                raise
+            log.warning("a barrier stage failed (attempt %d of %d), running it again: %s", attempt, attempts, _first_error_line(error))
+    raise AssertionError("unreachable")
+
+
+def _first_error_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if "Error" in line or "Exception" in line]
+    return (lines[-1] if lines else type(error).__name__)[:300]
+
+
+def task_attempts(master: str | None, max_failures: str | None) -> int:
+    """How many times Spark runs a task before it fails the job: ``local[K,F]`` F, other local masters 1,
+    elsewhere ``spark.task.maxFailures`` (4 by default)."""
+    master = master or ""
+    if master.startswith("local"):
+        found = re.fullmatch(r"local\[[^,\]]+,\s*(\d+)\]", master.strip())
+        return int(found.group(1)) if found else 1
+    return int(max_failures or 4)
+
+
+def local_slots(master: str | None, task_cpus: str | None) -> int | None:
+    """The task slots of a local master (``local``, ``local[K]``, ``local[*]``, ``local[K,F]``); None for others."""
+    import os
+
+    found = re.fullmatch(r"local(?:\[(\*|\d+)(?:,\s*\d+)?\])?", (master or "").strip())
+    if found is None:
+        return None
+    cores = (os.cpu_count() or 1) if found.group(1) == "*" else int(found.group(1) or 1)
+    return cores // int(task_cpus or 1)

@@ -7,7 +7,9 @@ plan).  Each task returns one Arrow row: its job (the run it belongs to, where o
 its group and its result encoded as data (``encode_partial``, no pickle).  When ``spark.tree_depth`` calls for
 fewer partial results on the driver than there are tasks, a grouped merge (``groupBy("job", "group")
 .applyInArrow``) combines them on executors first; the driver merges the rest of each job exactly, as on
-classic.  The client receives the rows with ``toArrow``.
+classic.  The client receives the rows with ``toArrow``.  Under ``spark.sync: gradients`` the tasks run as a
+barrier stage (``mapInArrow(..., barrier=True)``) and meet through Spark's ``allGather``
+(``ddrl.engines.rendezvous``); the driver merges every row (only the task of rank 0 returns the parameters).
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ import pyarrow as pa
 
 from ddrl.algorithms import Algorithm
 from ddrl.config import Config, ConfigError
-from ddrl.engines import DRIVER_HEAP_SHARE, Job, check_result_size, job_elements, package_archive, size_in_bytes, tree, tree_depth
+from ddrl.engines import (DRIVER_HEAP_SHARE, Job, check_barrier, check_result_size, job_elements, local_slots, package_archive,
+                          run_in_spark_jobs, size_in_bytes, synchronized, task_attempts, tree, tree_depth)
 from ddrl.engines.guard import guarded
-from ddrl.engines.work import Work
+from ddrl.engines.rendezvous import Meeting, spark_meeting
+from ddrl.engines.work import Work, run_element
 from ddrl.merge import Partial, decode_partial, encode_partial, merge_by_job
 
 PAYLOAD_LIMIT_BYTES = 64 * 2**20
@@ -46,6 +50,9 @@ class ConnectEngine:
     def __init__(self, spark: Any) -> None:
         self.spark = spark
         self.driver_limit_bytes = math.inf
+        self.slots: int | None = None
+        self.attempts = 1
+        self.sync_timeout_s = 0.0
 
     def prepare(self, runs: Sequence[tuple[Config, Algorithm]]) -> None:
         self.ship_package()
@@ -66,6 +73,15 @@ class ConnectEngine:
         if driver_memory:
             limits[f"{DRIVER_HEAP_SHARE:.0%} of spark.driver.memory"] = size_in_bytes(driver_memory) * DRIVER_HEAP_SHARE
         self.driver_limit_bytes = check_result_size(runs, limits, "or a deeper spark.tree_depth")
+        configs = [config for config, _ in runs if synchronized(config)]
+        if configs:
+            master = self._conf("spark.master")
+            # The slots of a local server; a cluster's are out of a Connect client's sight, and Spark checks them itself
+            self.slots = local_slots(master, self._conf("spark.task.cpus"))
+            more = f"a server with a larger local master ({master} now)" if self.slots is not None else "more executors or cores"
+            check_barrier(configs, self.slots, (self._conf("spark.dynamicAllocation.enabled") or "false").lower() == "true", more)
+            self.attempts = task_attempts(master, self._conf("spark.task.maxFailures"))
+            self.sync_timeout_s = max(config.spark.sync_timeout_s for config in configs)
 
     def _conf(self, key: str) -> str | None:
         try:
@@ -85,11 +101,16 @@ class ConnectEngine:
         _SHIPPED.add(self.spark.session_id)
 
     def run(self, jobs: Sequence[Job]) -> tuple[list[Partial], float]:
+        return run_in_spark_jobs(jobs, self.slots, self.attempts, self._run_job)
+
+    def _run_job(self, jobs: list[Job], barrier: bool) -> tuple[list[Partial], float]:
         timer = time.perf_counter()
         elements = job_elements(jobs)
-        groups = tree.driver_fan_in(len(elements), tree_depth([(job.work.config, job.work.algorithm) for job in jobs], self.driver_limit_bytes))
-        runner = _task_runner([job.work for job in jobs], [dict(job.shipped) for job in jobs], elements, groups)
-        results = self.spark.range(0, len(elements), 1, numPartitions=len(elements)).mapInArrow(guarded(runner), _RESULT_DDL)
+        depth = 1 if barrier else tree_depth([(job.work.config, job.work.algorithm) for job in jobs], self.driver_limit_bytes)
+        groups = tree.driver_fan_in(len(elements), depth)
+        meeting = spark_meeting(self.sync_timeout_s) if barrier else None
+        runner = _task_runner([job.work for job in jobs], [dict(job.shipped) for job in jobs], elements, groups, meeting)
+        results = self.spark.range(0, len(elements), 1, numPartitions=len(elements)).mapInArrow(guarded(runner), _RESULT_DDL, barrier=barrier)
         if groups < len(elements):
             # repartition by group first, so that the grouped merge reuses that shuffle's partitions instead of
             # spark.sql.shuffle.partitions (200 by default) mostly empty ones
@@ -102,7 +123,7 @@ class ConnectEngine:
 
 
 def _task_runner(
-    works: list[Work], shipped: list[dict[str, Any]], elements: list[tuple[int, tuple[int, int]]], groups: int
+    works: list[Work], shipped: list[dict[str, Any]], elements: list[tuple[int, tuple[int, int]]], groups: int, meeting: Meeting | None
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The ``mapInArrow`` function: for each element index in its rows, run that job's task; the payloads ride
     in its closure."""
@@ -110,8 +131,8 @@ def _task_runner(
     def run_tasks(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for index in batch.column("id").to_pylist():
-                job, task = elements[index]
-                yield _result_row(job, index * groups // len(elements), works[job].run(shipped[job], task))
+                for job, partial in run_element(works, shipped, elements[index], meeting).items():
+                    yield _result_row(job, index * groups // len(elements), partial)
 
     return run_tasks
 

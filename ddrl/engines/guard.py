@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 _MARKER = "ddrl-executor-import-failure"
 _MARKED = re.compile(_MARKER + r" module=(?P<module>\S+) python=(?P<python>.+?) \| ")
+_REPORTED = "ddrl-reported"
+_REPORTED_LINE = re.compile(_REPORTED + r" \| (?P<message>.+?) \|")
 
 
 def guarded(task: Callable[..., Any], *spark_pickled: Any, arguments: int = 1, type_hints: bool = False) -> Callable[..., Any]:
@@ -63,9 +65,19 @@ def guarded(task: Callable[..., Any], *spark_pickled: Any, arguments: int = 1, t
     return guard
 
 
+def reported(message: str) -> RuntimeError:
+    """An error raised in a task whose ``message`` (one line, no " |") is what the driver tells the user (``explain``)."""
+    return RuntimeError(f"{_REPORTED} | {message} |")
+
+
 def explain(error: BaseException) -> str | None:
-    """The one-line reason for a job that failed because executors could not import something, else None."""
-    found = _MARKED.search(str(error))
+    """The one-line reason for a job that failed because executors could not import something, or because a task
+    raised a ``reported`` error; else None."""
+    text = str(error)
+    said = _REPORTED_LINE.search(text)
+    if said is not None:
+        return said["message"]
+    found = _MARKED.search(text)
     if found is None:
         return None
     module, python = found["module"], found["python"]

@@ -1,6 +1,6 @@
 """What every Spark task of an iteration runs, whichever engine schedules it: its share of the evaluation of the
 shipped policy, then the algorithm's task, reseeded from the task's own seed so that a retry returns the same
-bytes."""
+bytes; under ``spark.sync: gradients`` inside its run's group (``ddrl.engines.rendezvous``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 from ddrl import envs
 from ddrl.algorithms import Algorithm
+from ddrl.collective import ALONE, Collective
 from ddrl.config import Config
 from ddrl.merge import Partial
 from ddrl.policy import Policy
@@ -27,17 +28,31 @@ class Work:
     fingerprint: str
     """The config's fingerprint: keys the worker caches, which outlive a job in a reused Python worker."""
 
-    def run(self, shipped: Mapping[str, Any], task: tuple[int, int]) -> Partial:
-        """Executor side: task ``(index, seed)`` with the iteration's ``shipped`` payload and evaluation seeds."""
+    def run(self, shipped: Mapping[str, Any], task: tuple[int, int], collective: Collective = ALONE) -> Partial:
+        """Executor side: task ``(index, seed)`` with the iteration's ``shipped`` payload and evaluation seeds, in
+        ``collective`` with the run's other tasks."""
         index, seed = task
         _limit_threads()
         payload, evaluation_seeds = shipped["payload"], shipped["evaluation_seeds"]
         share = evaluation_seeds[task_slice(index, self.config.spark.num_tasks, len(evaluation_seeds))]
         evaluation = _evaluate_share(self.algorithm.payload_policy(payload), self.config, share, self.fingerprint) if share else None
         seed_everything(seed)
-        partial = Partial.of_task(index, self.algorithm.run_task(payload, index, seed), evaluation)
+        partial = Partial.of_task(index, self.algorithm.run_task(payload, index, seed, collective), evaluation)
         _freeze_long_lived_objects(self.fingerprint)
         return partial
+
+
+def run_element(works: list[Work], shipped: list[Mapping[str, Any]], element: tuple[int, tuple[int, int]], meeting: Any) -> dict[int, Partial]:
+    """One Spark task of a shared job: ``element`` is (the run's index in the job, (task index, seed)); with a
+    ``meeting`` (a barrier stage) the task first joins its run's group."""
+    from ddrl.engines import rendezvous, synchronized
+
+    job, task = element
+    work = works[job]
+    if meeting is None or not synchronized(work.config):
+        return {job: work.run(shipped[job], task)}
+    with rendezvous.joined(meeting, job, task[0], work.config.spark.num_tasks, work.fingerprint) as collective:
+        return {job: work.run(shipped[job], task, collective)}
 
 
 _EVALUATION_ENVS = WorkerCache(close=lambda vector_env: vector_env.close())
