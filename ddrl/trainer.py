@@ -118,7 +118,7 @@ def step(engine: Engine, loops: Sequence["RunLoop"]) -> None:
         partials, ship_seconds = engine.run(jobs)
     except Exception as error:
         where = f"iteration {loops[0].progress.iteration + 1}" if len(loops) == 1 else f"a job of {len(loops)} runs"
-        reason = guard.explain(error) or f"a task failed after Spark's retries: {_root_cause(error)}"
+        reason = guard.explain(error) or f"a task failed after Spark's retries: {guard.root_cause(error)}"
         raise JobFailed(f"{where}: {reason}") from error
     tasks_seconds = time.perf_counter() - started - ship_seconds
     rejected: dict[RunLoop, str] = {}
@@ -363,10 +363,3 @@ def _duration(seconds: float) -> str:
         return "?"
     minutes, seconds = divmod(int(seconds), 60)
     return f"{minutes}m{seconds:02d}s"
-
-
-def _root_cause(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    errors = [line for line in lines if "Error" in line or "Exception" in line]
-    return (errors[-1] if errors else lines[-1] if lines else type(error).__name__)[:500]
-

@@ -34,6 +34,10 @@ Parts (``--only`` takes one or more, comma-separated or repeated; default all, i
                   gymnasium's vector env (#13);
 * ``carry``       the cost per iteration of carrying episodes from job to job against resetting every job, on
                   CartPole, HalfCheetah and Breakout PPO: bytes carried per task, seconds to restore, replays (#20);
+* ``sync``        spark.sync: gradients at a fixed global batch: CartPole env steps to 475 at 1 and 4 tasks against
+                  SB3, Pendulum env steps to -200 at 1, 2 and 4 tasks, HalfCheetah and Breakout iteration time at 1, 2
+                  and 4 tasks split into collection, compute, all-reduce and overhead, projected S(8) and S(16); needs
+                  4 task slots: DDRL_MASTER='local[4]' (#29);
 * ``sweep``       16 CartPole trials (4 learning rates x 4 seeds) in one jobs/sweep.py process against one trial,
                   whole processes on local[2]: a plain grid and successive halving (#14).
 
@@ -83,14 +87,15 @@ from jobs.benchmark_parts.data import data
 from jobs.benchmark_parts.scaling_law import scaling_law
 from jobs.benchmark_parts.simulated_cluster import simulated_cluster
 from jobs.benchmark_parts.sweep import sweep
+from jobs.benchmark_parts.sync import sync
 from jobs.benchmark_parts.throughput import throughput
 from jobs.benchmark_parts.time_to_target import time_to_target
 from jobs.benchmark_parts.vs_sb3 import vs_sb3
 
-PARTS = ("throughput", "breakdown", "carry", "cost_model", "rounds", "large_model", "scaling", "vs_sb3", "halfcheetah", "connect",
+PARTS = ("throughput", "breakdown", "carry", "cost_model", "rounds", "large_model", "sync", "scaling", "vs_sb3", "halfcheetah", "connect",
          "simulated_cluster", "scaling_law", "data", "time_to_target", "pixels", "sweep")
 """In running order: the in-process parts first (one Spark session), then those that start their own."""
-IN_PROCESS = ("throughput", "breakdown", "carry", "cost_model", "rounds", "large_model", "scaling_law", "data")
+IN_PROCESS = ("throughput", "breakdown", "carry", "cost_model", "rounds", "large_model", "sync", "scaling_law", "data")
 
 RUNNERS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "throughput": throughput,
@@ -109,6 +114,7 @@ RUNNERS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "time_to_target": time_to_target,
     "pixels": pixels,
     "sweep": sweep,
+    "sync": sync,
 }
 
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: one real SparkSession for the whole test session (local[2,2]: 2 cores, 2 attempts per task)."""
+"""Shared fixtures: one real SparkSession for the whole test session (local[4,2]: 4 task slots on the 2 cores, so that barrier stages of up to 4 tasks run; 2 attempts per task)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def spark():
     from pyspark.sql import SparkSession
 
     session = (
-        SparkSession.builder.master("local[2,2]")
+        SparkSession.builder.master("local[4,2]")
         .appName("ddrl-tests")
         .config("spark.python.worker.reuse", "true")
         .config("spark.ui.enabled", "false")
@@ -96,15 +96,24 @@ def final_params(run_dir: Path) -> Any:
 
 
 def flaky_config(tmp_path: Path, **env_kwargs) -> dict:
-    """``small_ppo_config`` on ``faulty_envs.FlakyCartPole`` (tasks that raise on their first attempt)."""
-    env = {"id": "faulty_envs:FlakyCartPole", "num_envs": 4, "max_episode_steps": 500, "kwargs": env_kwargs}
+    """``small_ppo_config`` on ``faulty_envs.FlakyCartPole`` (tasks that raise once, each with a marker of its own)."""
+    env = {"id": "faulty_envs:FlakyCartPole", "num_envs": 4, "max_episode_steps": 500, "kwargs": {"marker": fault_marker(tmp_path), **env_kwargs}}
     return small_ppo_config(tmp_path, env=env)
+
+
+def fault_marker(tmp_path: Path) -> str:
+    """A path of its own, for faults that happen once (``faulty_envs._first_time``)."""
+    import uuid
+
+    return str(tmp_path / f"fault-{uuid.uuid4().hex[:8]}")
 
 
 def nan_config(tmp_path: Path, partitions: list[int]) -> dict:
-    """``small_ppo_config`` on ``faulty_envs.NaNRewardCartPole`` (NaN rewards in the tasks of ``partitions``)."""
+    """``small_ppo_config`` on ``faulty_envs.NaNRewardCartPole`` (NaN rewards in the tasks of ``partitions``), under
+    spark.sync: parameters, where the other tasks' results go on (under gradients one task's NaN reaches every task
+    through the all-reduce, and the iteration is rejected whole: tests/test_sync.py)."""
     env = {"id": "faulty_envs:NaNRewardCartPole", "num_envs": 4, "max_episode_steps": 500, "kwargs": {"nan_partitions": partitions}}
-    return small_ppo_config(tmp_path, env=env)
+    return small_ppo_config(tmp_path, env=env, spark={"num_tasks": 2, "tree_depth": 2, "sync": "parameters"})
 
 
 def fresh_venv(path: Path, with_pip: bool = False) -> Path:

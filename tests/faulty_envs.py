@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import threading
 from pathlib import Path
 
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
@@ -16,20 +17,35 @@ def _in_task(partitions: list[int]) -> TaskContext | None:
     return context if context is not None and context.partitionId() in partitions else None
 
 
+def _first_time(marker: str, partition: int) -> bool:
+    """True the first time any process asks for ``marker`` and ``partition`` (it creates the file ``marker.partition``).
+
+    A marker, not the attempt number: Spark's retried task counts its attempts, but a barrier stage that ddrl runs
+    again (spark.sync: gradients) is a new job whose tasks start at attempt 0."""
+    if not marker:
+        raise ValueError("a fault that happens once needs a marker file")
+    try:
+        os.close(os.open(f"{marker}.{partition}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
 class FlakyCartPole(CartPoleEnv):
-    """Raises in ``step`` on the first attempt of the tasks in ``fail_partitions``; later attempts run clean.
+    """Raises in ``step`` in each of the tasks in ``fail_partitions`` once per ``marker``; their next attempts run clean.
 
     With ``every_attempt`` it fails on every attempt, so Spark gives up on the task.
     """
 
-    def __init__(self, fail_partitions: list[int] = (), every_attempt: bool = False, render_mode: str | None = None):
+    def __init__(self, fail_partitions: list[int] = (), every_attempt: bool = False, marker: str = "", render_mode: str | None = None):
         super().__init__(render_mode=render_mode)
         self.fail_partitions = list(fail_partitions)
         self.every_attempt = every_attempt
+        self.marker = marker
 
     def step(self, action):
         context = _in_task(self.fail_partitions)
-        if context is not None and (self.every_attempt or context.attemptNumber() == 0):
+        if context is not None and (self.every_attempt or _first_time(self.marker, context.partitionId())):
             raise RuntimeError(f"injected failure in partition {context.partitionId()}")
         return super().step(action)
 
@@ -84,24 +100,26 @@ class _TaskStepCartPole(CartPoleEnv):
         self.task_steps += 1
         return super().step(action)
 
-    def _at_first_attempt_step(self, partitions: list[int], step: int) -> bool:
-        """Whether this is step ``step`` of the first attempt of a task in ``partitions``."""
+    def _at_step(self, partitions: list[int], step: int) -> int | None:
+        """The partition, where this is step ``step`` of a task in ``partitions``; else None."""
         context = _in_task(partitions)
-        return context is not None and context.attemptNumber() == 0 and self.task_steps == step
+        return context.partitionId() if context is not None and self.task_steps == step else None
 
 
 class SigkillCartPole(_TaskStepCartPole):
-    """SIGKILLs its own Python worker at step ``kill_at_step`` of the first attempt of the tasks in
-    ``kill_partitions``, mid-rollout, so the task dies without a Python exception."""
+    """SIGKILLs its own Python worker at step ``kill_at_step`` of the tasks in ``kill_partitions``, once per
+    ``marker`` and partition, mid-rollout, so the task dies without a Python exception."""
 
-    def __init__(self, kill_partitions: list[int] = (), kill_at_step: int = 10, render_mode: str | None = None):
+    def __init__(self, kill_partitions: list[int] = (), kill_at_step: int = 10, marker: str = "", render_mode: str | None = None):
         super().__init__(render_mode=render_mode)
         self.kill_partitions = list(kill_partitions)
         self.kill_at_step = kill_at_step
+        self.marker = marker
 
     def step(self, action):
         result = super().step(action)
-        if self._at_first_attempt_step(self.kill_partitions, self.kill_at_step):
+        partition = self._at_step(self.kill_partitions, self.kill_at_step)
+        if partition is not None and _first_time(self.marker, partition):
             os.kill(os.getpid(), signal.SIGKILL)
         return result
 
@@ -137,7 +155,7 @@ class ExecutorKillerCartPole(_TaskStepCartPole):
 
     def step(self, action):
         result = super().step(action)
-        if self._at_first_attempt_step(self.kill_partitions, self.kill_at_step):
+        if self._at_step(self.kill_partitions, self.kill_at_step) is not None:
             try:
                 handle = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # only the first one kills
             except FileExistsError:
@@ -172,3 +190,36 @@ class MarkerFailCartPole(CartPoleEnv):
         if context is not None and self.fail_marker and os.path.exists(self.fail_marker):
             raise RuntimeError(f"injected failure while {self.fail_marker} exists (partition {context.partitionId()})")
         return super().step(action)
+
+
+class UpdateKillerCartPole(CartPoleEnv):
+    """SIGKILLs its own Python worker ``delay`` seconds after the first rollout round of ``rollout_steps`` vector steps
+    of a new env (every vector step calls ``step`` or, after an episode's end, ``reset`` once), while its task runs
+    the update: once per ``marker`` file, in the tasks of ``kill_partitions``.  Under spark.sync: gradients the
+    other tasks are waiting in an all-reduce then."""
+
+    def __init__(self, marker: str = "", kill_partitions: list[int] = (1,), rollout_steps: int = 64, delay: float = 0.03,
+                 render_mode: str | None = None):
+        super().__init__(render_mode=render_mode)
+        self.marker, self.kill_partitions, self.rollout_steps, self.delay = marker, list(kill_partitions), rollout_steps, delay
+        self.calls = 0
+
+    def reset(self, *, seed=None, options=None):
+        self._count_call()
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        self._count_call()
+        return super().step(action)
+
+    def _count_call(self) -> None:
+        self.calls += 1
+        if not self.marker or _in_task(self.kill_partitions) is None or self.calls != self.rollout_steps + 1:
+            return
+        try:
+            handle = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # only the first one kills
+        except FileExistsError:
+            return
+        os.write(handle, f"killed {os.getpid()}".encode())
+        os.close(handle)
+        threading.Timer(self.delay, os.kill, (os.getpid(), signal.SIGKILL)).start()

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, final_params, small_ppo_config
+from conftest import ROOT, fault_marker, final_params, small_ppo_config
 
 import ddrl
 from ddrl import checkpoint, config as config_module
@@ -52,13 +52,13 @@ def test_bc_is_bit_identical_across_tree_depths_and_task_retries(spark, tmp_path
     plain = ddrl.train(spark, bc_config(tmp_path / "a", recorded, train=short))
     retried = ddrl.train(spark, bc_config(
         tmp_path / "b", recorded, train=short, spark={"tree_depth": 2},
-        env={"id": "faulty_envs:FlakyCartPole", "max_episode_steps": 500, "kwargs": {"fail_partitions": [1]}},  # its evaluation share raises once
+        env={"id": "faulty_envs:FlakyCartPole", "max_episode_steps": 500, "kwargs": {"fail_partitions": [1], "marker": fault_marker(tmp_path)}},  # its evaluation share raises once
     ))
     np.testing.assert_array_equal(final_params(plain.run_dir), final_params(retried.run_dir))
 
 
 def test_ppo_starts_from_a_bc_policy_and_is_bit_identical_across_runs(spark, tmp_path, recorded) -> None:
-    cloned = ddrl.train(spark, bc_config(tmp_path / "bc", recorded, bc={"normalize_observation": True}))
+    cloned = ddrl.train(spark, bc_config(tmp_path / "bc", recorded, bc={"normalize_observation": True}, train={"stop_at_target": False}))
     config = small_ppo_config(tmp_path / "ppo", init={"policy": str(cloned.run_dir)}, ppo={"normalize_observation": True},
                               train={"stop_at_target": False, "eval_episodes": 4, "total_env_steps": 4 * 64 * 2 * 2})
     loaded = config_module.load(config)

@@ -43,7 +43,7 @@ def sessions(spark, tmp_path_factory):
     """Classic runs first, then every Connect scenario in one process; the tests compare their run directories."""
     tmp = tmp_path_factory.mktemp("connect")
     short = small_ppo_config(tmp)
-    grouped = small_ppo_config(tmp, spark={"num_tasks": 8, "tree_depth": 2}, train={"total_env_steps": 2 * 8 * 4 * 64})
+    grouped = small_ppo_config(tmp, spark={"num_tasks": 8, "tree_depth": 2, "sync": "parameters"}, train={"total_env_steps": 2 * 8 * 4 * 64})
     evolution = small_es_config(tmp, spark={"num_tasks": 3, "tree_depth": 1}, train={"total_env_steps": 20_000})
     classic = {
         "short": (short, tmp / "classic-short"),
@@ -60,7 +60,7 @@ def sessions(spark, tmp_path_factory):
     _forget_after_first_iteration(tmp / "classic-then-connect")
 
     # 8.4M parameters: a 32 MiB payload, but 32 tasks x 64 MiB of results at tree depth 1
-    too_large_results = small_ppo_config(tmp, spark={"num_tasks": 32, "tree_depth": 1}, ppo={"hidden_sizes": [2048, 2048]})
+    too_large_results = small_ppo_config(tmp, spark={"num_tasks": 32, "tree_depth": 1, "sync": "parameters"}, ppo={"hidden_sizes": [2048, 2048]})
     scenarios = [
         {"name": "cartpole", "config": str(ROOT / "conf" / "cartpole_ppo.yaml"), "run_dir": str(tmp / "connect-cartpole")},
         {"name": "short", "config": short, "run_dir": str(tmp / "connect-short")},
@@ -95,12 +95,13 @@ def test_cartpole_is_solved_on_a_spark_connect_session(sessions):
 
 @pytest.mark.parametrize("name", ["short", "grouped", "es"])
 def test_connect_gives_the_classic_parameters_and_metrics(sessions, name):
-    """PPO, PPO whose 8 tasks (tree depth 2) merge in 2 groups on executors before the driver, and OpenAI-ES."""
+    """PPO (synchronized: a barrier stage meeting through Spark's allGather), PPO averaging 8 tasks (tree depth 2) merged
+    in 2 groups on executors before the driver, and OpenAI-ES."""
     tmp, scenarios, _ = sessions
     assert scenarios[name]["outcome"] == "trained", scenarios[name]
     assert np.array_equal(final_params(tmp / f"connect-{name}"), final_params(tmp / f"classic-{name}"))
     timings = {"wall_s", "iteration_s", "ship_s", "tasks_s", "merge_s", "driver_s", "steps_per_s", "eval_s", "rollout_s", "update_s",
-               *("restore_s", "replayed_steps", "carry_cache_hits")}  # how often a worker still held a task's envs: scheduling
+               "allreduce_s", *("restore_s", "replayed_steps", "carry_cache_hits")}  # how often a worker still held a task's envs: scheduling
     rows = {kind: sorted(pq.read_table(tmp / f"{kind}-{name}" / "metrics").to_pylist(), key=lambda row: row["iteration"])
             for kind in ("classic", "connect")}
     assert [{k: v for k, v in row.items() if k not in timings} for row in rows["connect"]] == \

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import ROOT, final_params, small_ppo_config
+from conftest import ROOT, fault_marker, final_params, small_ppo_config
 
 import ddrl
 from ddrl import checkpoint
@@ -47,8 +47,8 @@ def env_config(env_id: str, **kwargs) -> dict:
 
 def test_python_worker_killed_mid_rollout_is_retried_with_the_same_bytes(spark, tmp_path):
     ddrl.train(spark, small_ppo_config(tmp_path, env=env_config("faulty_envs:SigkillCartPole")), run_dir=tmp_path / "clean")
-    # Every iteration, the first attempt of partition 1 kills its own worker at step 10 of 64 of its rollout.
-    killed = small_ppo_config(tmp_path, env=env_config("faulty_envs:SigkillCartPole", kill_partitions=[1], kill_at_step=10))
+    # Partition 1 kills its own worker once, at step 10 of 64 of its first rollout.
+    killed = small_ppo_config(tmp_path, env=env_config("faulty_envs:SigkillCartPole", kill_partitions=[1], kill_at_step=10, marker=fault_marker(tmp_path)))
     result = ddrl.train(spark, killed, run_dir=tmp_path / "killed")
 
     assert result.iterations == 3
@@ -224,10 +224,10 @@ def test_driver_killed_mid_run_resumes_on_another_master_with_the_same_bytes(spa
     assert job.returncode == -signal.SIGKILL
     assert not (run_dir / "policy").exists()
 
-    # Meanwhile, the same config uninterrupted (on the test session's local[2,2]).
+    # Meanwhile, the same config uninterrupted (on the test session's local[4,2]).
     ddrl.train(spark, config, run_dir=tmp_path / "uninterrupted")
 
-    resumed = _start_job(["--resume", str(run_dir)], "local[1]", tmp_path / "resume.log")
+    resumed = _start_job(["--resume", str(run_dir)], "local[3]", tmp_path / "resume.log")
     try:
         resumed.wait(timeout=600)
     finally:

@@ -62,7 +62,7 @@ def test_a_checkpoint_from_before_the_noise_scale_resumes_with_its_averages_star
     from ddrl.algorithms import ppo
     from ddrl.run import Run
 
-    config = config_module.load(small_ppo_config(tmp_path, output={"run_dir": str(tmp_path / "old")}))
+    config = config_module.load(small_ppo_config(tmp_path, output={"run_dir": str(tmp_path / "old")}, spark={"sync": "parameters"}))
     run = Run.open(config)
     run.create()
     state = ppo.PPO(config, run.env).initial_state()
@@ -82,7 +82,7 @@ def test_noise_scale_lr_multiplies_the_tasks_learning_rate_by_the_measured_step_
     from ddrl.algorithms import ppo
     from ddrl.run import Run
 
-    config = config_module.load(small_ppo_config(tmp_path, ppo={"learning_rate": 1e-5, "anneal_lr": False}, spark={"num_tasks": 4}))
+    config = config_module.load(small_ppo_config(tmp_path, ppo={"learning_rate": 1e-5, "anneal_lr": False}, spark={"num_tasks": 4, "sync": "parameters"}))
     assert config.hyperparameters.task_scaling == "noise_scale_lr"  # the default
     algorithm = ppo.PPO(config, Run.open(config).env)
     state = algorithm.initial_state()
@@ -96,7 +96,7 @@ def test_noise_scale_lr_multiplies_the_tasks_learning_rate_by_the_measured_step_
     assert noise_scale.step_scale(noise_scale.noise_scale(state), samples_per_task, 4) == pytest.approx(expected)
     assert algorithm.task_payload(state, 5)["learning_rates"] == [pytest.approx(expected * learning_rate)]
     plain = ppo.PPO(config_module.load(small_ppo_config(
-        tmp_path, ppo={"learning_rate": 1e-5, "anneal_lr": False, "task_scaling": "none"}, spark={"num_tasks": 4})), Run.open(config).env)
+        tmp_path, ppo={"learning_rate": 1e-5, "anneal_lr": False, "task_scaling": "none"}, spark={"num_tasks": 4, "sync": "parameters"})), Run.open(config).env)
     assert plain.task_payload(state, 5)["learning_rates"] == [learning_rate]
 
 
@@ -109,7 +109,7 @@ def test_noise_scale_lr_stops_at_the_max_scaled_learning_rate_and_leaves_a_rate_
 
     def payload_rate(learning_rate: float) -> float:
         config = config_module.load(small_ppo_config(
-            tmp_path, ppo={"learning_rate": learning_rate, "anneal_lr": False, "max_scaled_learning_rate": 3e-4}, spark={"num_tasks": 16}))
+            tmp_path, ppo={"learning_rate": learning_rate, "anneal_lr": False, "max_scaled_learning_rate": 3e-4}, spark={"num_tasks": 16, "sync": "parameters"}))
         algorithm = ppo.PPO(config, Run.open(config).env)
         state = algorithm.initial_state()
         trace = 100.0 * algorithm.samples_per_task  # B_noise = 100 tasks' batches: a scale of 101 / 7.25, about 14

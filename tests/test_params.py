@@ -152,7 +152,7 @@ def _run_task(algorithm, payload, seed=11, cold=False):
 
 def _assert_outputs_equal(first, second):
     assert first.weight == second.weight
-    for arrays in ("weighted", "fixed"):
+    for arrays in ("weighted", "fixed", "replicated"):
         for name in getattr(first, arrays):
             np.testing.assert_array_equal(getattr(second, arrays)[name], getattr(first, arrays)[name], err_msg=name)
     np.testing.assert_array_equal(second.episode_returns, first.episode_returns)
@@ -164,7 +164,7 @@ def test_run_task_leaves_the_payload_and_the_state_alone(small_ppo):
     originals = {key: np.array(value, copy=True) for key, value in payload.items()}
     state_params = state["params"].copy()
     output = _run_task(algorithm, payload)
-    assert np.any(output.fixed["params_change"] != 0)  # the task did train
+    assert np.any(output.replicated["params"] != payload["params"])  # the task did train
     for key, value in originals.items():
         np.testing.assert_array_equal(payload[key], value, err_msg=key)
     np.testing.assert_array_equal(state["params"], state_params)

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import final_params, small_ppo_config
+from conftest import fault_marker, final_params, small_ppo_config
 
 import ddrl
 from ddrl import envs
@@ -18,8 +18,8 @@ from ddrl.merge import MergedResult
 from ddrl.seeding import seed_everything
 
 
-def _algorithm(tmp_path, **sections) -> ppo.PPO:
-    config = config_module.load(small_ppo_config(tmp_path, **sections))
+def _algorithm(tmp_path, sync: str = "gradients", **sections) -> ppo.PPO:
+    config = config_module.load(small_ppo_config(tmp_path, spark={"num_tasks": 2, "sync": sync}, **sections))
     return ppo.PPO(config, envs.describe(config.env))
 
 
@@ -76,7 +76,7 @@ RESTART = {"adam_moments": "restart", "carry_episodes": False}  # no Adam state 
 
 
 def test_outer_lr_one_without_momentum_adds_the_mean_change(tmp_path):
-    algorithm = _algorithm(tmp_path, ppo=RESTART)
+    algorithm = _algorithm(tmp_path, "parameters", ppo=RESTART)
     state = algorithm.initial_state()
     change = np.random.default_rng(0).normal(size=len(state["params"])) * 1e-3
     new_state, metrics = algorithm.apply(state, _merged(change), 0)
@@ -85,7 +85,7 @@ def test_outer_lr_one_without_momentum_adds_the_mean_change(tmp_path):
 
 
 def test_drift_is_the_rms_distance_of_the_tasks_from_their_mean(tmp_path):
-    algorithm = _algorithm(tmp_path, ppo=RESTART)
+    algorithm = _algorithm(tmp_path, "parameters", ppo=RESTART)
     state = algorithm.initial_state()
     size = len(state["params"])
     first, second = np.full(size, 1.0), np.full(size, 3.0)  # samples 10 and 30: mean 2.5, distances 1.5 and 0.5
@@ -95,7 +95,7 @@ def test_drift_is_the_rms_distance_of_the_tasks_from_their_mean(tmp_path):
 
 
 def test_nesterov_outer_momentum(tmp_path):
-    algorithm = _algorithm(tmp_path, ppo={**RESTART, "outer_lr": 0.7, "outer_momentum": 0.9})
+    algorithm = _algorithm(tmp_path, "parameters", ppo={**RESTART, "outer_lr": 0.7, "outer_momentum": 0.9})
     state = algorithm.initial_state()
     rng = np.random.default_rng(1)
     first, second = (rng.normal(size=len(state["params"])) * 1e-3 for _ in range(2))
@@ -107,15 +107,18 @@ def test_nesterov_outer_momentum(tmp_path):
     np.testing.assert_allclose(after_second["params"], expected_first + 0.7 * (second + 0.9 * buffer), rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("adam_moments, shipped", [("restart", set()), ("fedadamw", {"adam_step", "adam_v_means"}), ("average", {"adam_step", "adam_m", "adam_v"})])
-def test_the_payload_carries_only_the_adam_state_its_option_keeps(tmp_path, adam_moments, shipped):
-    algorithm = _algorithm(tmp_path, ppo={"adam_moments": adam_moments})
+@pytest.mark.parametrize("sync, adam_moments, shipped", [
+    ("parameters", "restart", set()), ("parameters", "fedadamw", {"adam_step", "adam_v_means"}), ("parameters", "average", {"adam_step", "adam_m", "adam_v"}),
+    ("gradients", None, {"adam_steps", "adam_m", "adam_v"}),  # one Adam, all of it
+])
+def test_the_payload_carries_only_the_adam_state_its_option_keeps(tmp_path, sync, adam_moments, shipped):
+    algorithm = _algorithm(tmp_path, sync, ppo={"adam_moments": adam_moments} if adam_moments else {})
     payload = algorithm.task_payload(algorithm.initial_state(), 0)
     assert {key for key in payload if key.startswith("adam")} == shipped
 
 
 def test_fedadamw_keeps_the_second_moment_as_per_tensor_means(tmp_path):
-    algorithm = _algorithm(tmp_path, ppo={"adam_moments": "fedadamw"})
+    algorithm = _algorithm(tmp_path, "parameters", ppo={"adam_moments": "fedadamw"})
     state = algorithm.initial_state()
     seed_everything(5)
     output = algorithm.run_task(algorithm.task_payload(state, 0), 0, 5)
@@ -130,9 +133,11 @@ ROUNDS = {"local_rounds": 2, "adam_moments": "fedadamw", "outer_lr": 0.8, "outer
 
 
 def test_local_rounds_with_outer_momentum_are_bit_identical_across_tree_depths_retries_and_resume(spark, tmp_path):
+    marker = fault_marker(tmp_path)
+
     def config(depth: int, **env_kwargs) -> dict:
-        env = {"id": "faulty_envs:FlakyCartPole", "num_envs": 4, "max_episode_steps": 500, "kwargs": env_kwargs}
-        return small_ppo_config(tmp_path, env=env, ppo=ROUNDS, spark={"tree_depth": depth})
+        env = {"id": "faulty_envs:FlakyCartPole", "num_envs": 4, "max_episode_steps": 500, "kwargs": {"marker": marker, **env_kwargs}}
+        return small_ppo_config(tmp_path, env=env, ppo=ROUNDS, spark={"tree_depth": depth, "sync": "parameters"})
 
     ddrl.train(spark, config(1), run_dir=tmp_path / "depth1", observers=[])
     ddrl.train(spark, config(3, fail_partitions=[1]), run_dir=tmp_path / "depth3-retried", observers=[])

@@ -75,14 +75,22 @@ def test_a_grid_runs_every_trial_as_a_normal_run_with_a_table_a_plot_and_a_summa
     assert f"best: {result.best.name}" in result.summary and result.summary == (result.directory / "summary.txt").read_text()
 
 
-def test_each_iteration_of_every_live_trial_is_one_spark_job(spark, tmp_path):
-    spark.sparkContext.setJobGroup("one-job-per-iteration", "a sweep of 4 trials, 3 iterations each")
+@pytest.mark.parametrize("sync, jobs_per_iteration", [
+    ("parameters", 1),  # one job carries all 4 trials' tasks
+    ("gradients", 2),  # barrier stages of at most the session's 4 task slots: 2 trials of 2 tasks each
+])
+def test_each_iteration_of_every_live_trial_is_one_spark_job_per_stage_the_slots_allow(spark, tmp_path, sync, jobs_per_iteration):
+    assert spark.sparkContext.defaultParallelism == 4
+    config = _config(tmp_path)
+    config["spark"] = {**config.get("spark", {}), "sync": sync}
+    group = f"one-job-per-iteration-{sync}"
+    spark.sparkContext.setJobGroup(group, "a sweep of 4 trials, 3 iterations each")
     try:
-        result = ddrl.sweep(spark, _config(tmp_path), out=tmp_path / "sweep", track=False, **GRID)
+        result = ddrl.sweep(spark, config, out=tmp_path / "sweep", track=False, **GRID)
     finally:
         spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
-    jobs = spark.sparkContext.statusTracker().getJobIdsForGroup("one-job-per-iteration")
-    assert len(result.trials) == 4 and len(jobs) == 3
+    jobs = spark.sparkContext.statusTracker().getJobIdsForGroup(group)
+    assert len(result.trials) == 4 and len(jobs) == 3 * jobs_per_iteration
 
 
 def test_a_trial_equals_its_config_trained_alone(spark, sweeps, tmp_path):

@@ -26,7 +26,7 @@ def test_short_run_writes_config_metrics_checkpoints_and_policy(spark, tmp_path)
     metrics = pq.read_table(tmp_path / "run" / "metrics").to_pylist()
     assert [row["iteration"] for row in sorted(metrics, key=lambda row: row["iteration"])] == [1, 2, 3]
     for column in ("env_steps", "wall_s", "episode_return_mean", "episodes", "pg_loss", "v_loss", "approx_kl",
-                   "drift", "steps_per_s", "ship_s", "tasks_s", "merge_s", "driver_s", "eval_return_mean"):
+                   "allreduce_s", "steps_per_s", "ship_s", "tasks_s", "merge_s", "driver_s", "eval_return_mean"):
         assert column in metrics[0], column
     assert result.metrics.num_rows == 3
     sidecars = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("ckpt-*.json"))
@@ -54,10 +54,11 @@ def test_continuous_actions_with_observation_and_reward_normalization(spark, tmp
     assert action.shape == (1,) and -2.0 <= action[0] <= 2.0
 
 
-def test_same_seed_gives_bit_identical_parameters_across_runs_and_tree_depths(spark, tmp_path):
+@pytest.mark.parametrize("sync, num_tasks", [("parameters", 6), ("gradients", 4)])
+def test_same_seed_gives_bit_identical_parameters_across_runs_and_tree_depths(spark, tmp_path, sync, num_tasks):
     runs = {}
     for name, depth in (("first", 1), ("second", 1), ("depth3", 3)):
-        config = small_ppo_config(tmp_path, spark={"num_tasks": 6, "tree_depth": depth})
+        config = small_ppo_config(tmp_path, spark={"num_tasks": num_tasks, "tree_depth": depth, "sync": sync})
         ddrl.train(spark, config, run_dir=tmp_path / name)
         runs[name] = final_params(tmp_path / name)
     assert np.array_equal(runs["first"], runs["second"])
@@ -119,27 +120,35 @@ def test_every_result_rejected_stops_the_run_and_keeps_no_bad_checkpoint(spark, 
 # ---- models too large for the driver -------------------------------------------------------------------------
 
 
-def test_a_model_whose_results_the_driver_cannot_collect_is_refused_before_any_job(spark, tmp_path):
-    # 2 x 4096 hidden units: 33.6M parameters, one int64 each = 256 MiB per task, twice that at the driver.
-    config = small_ppo_config(tmp_path, ppo={"hidden_sizes": [4096, 4096]})
+@pytest.mark.parametrize("sync, expected", [
+    # 2 x 4096 hidden units: 33.6M parameters, one int64 each = 256 MiB per task, twice that at the driver
+    ("parameters", r"^spark: each task returns 256 MiB, and the driver would collect 513 MiB"),
+    # the parameters and Adam's moments as float32 from the task of rank 0 alone
+    ("gradients", r"^spark: the task of rank 0 returns 385 MiB, and the driver would collect 385 MiB"),
+])
+def test_a_model_whose_results_the_driver_cannot_collect_is_refused_before_any_job(spark, tmp_path, sync, expected):
+    config = small_ppo_config(tmp_path, ppo={"hidden_sizes": [4096, 4096]}, spark={"num_tasks": 2, "sync": sync})
     jobs_before = spark.sparkContext.statusTracker().getJobIdsForGroup()
-    with pytest.raises(ddrl.ConfigError, match=r"^spark: each task returns 256 MiB, and the driver would collect 513 MiB"):
+    with pytest.raises(ddrl.ConfigError, match=expected):
         ddrl.train(spark, config, run_dir=tmp_path / "too-large")
     assert spark.sparkContext.statusTracker().getJobIdsForGroup() == jobs_before
     assert not (tmp_path / "too-large").exists()
 
 
-@pytest.mark.parametrize("adam_moments, bytes_per_parameter", [("restart", 8), ("fedadamw", 8), ("average", 8 + 2 * 24)])
+@pytest.mark.parametrize("sync, adam_moments, bytes_per_parameter", [
+    ("parameters", "restart", 8), ("parameters", "fedadamw", 8), ("parameters", "average", 8 + 2 * 24),
+    ("gradients", None, 3 * 4),  # from the task of rank 0, with Adam's steps and the normalizers' moments besides
+])
 @pytest.mark.parametrize("hidden_sizes, env_id", [([64, 64], "CartPole-v1"), ([32], "Pendulum-v1"), ([8, 16, 4], "Acrobot-v1")])
-def test_ppo_counts_the_bytes_its_tasks_return(tmp_path, hidden_sizes, env_id, adam_moments, bytes_per_parameter):
-    ppo_section = {"hidden_sizes": hidden_sizes, "adam_moments": adam_moments, "num_steps": 8}
-    config = config_module.load(small_ppo_config(tmp_path, env={"id": env_id}, ppo=ppo_section))
+def test_ppo_counts_the_bytes_its_tasks_return(tmp_path, hidden_sizes, env_id, sync, adam_moments, bytes_per_parameter):
+    ppo_section = {"hidden_sizes": hidden_sizes, "num_steps": 8, **({"adam_moments": adam_moments} if adam_moments else {})}
+    config = config_module.load(small_ppo_config(tmp_path, env={"id": env_id}, ppo=ppo_section, spark={"num_tasks": 2, "sync": sync}))
     algorithm = ppo.PPO(config, envs.describe(config.env))
     state = algorithm.initial_state()
-    assert algorithm.task_result_bytes() == bytes_per_parameter * len(state["params"])
+    assert bytes_per_parameter * len(state["params"]) <= algorithm.task_result_bytes() < bytes_per_parameter * len(state["params"]) + 1024
     output = algorithm.run_task(algorithm.task_payload(state, 0), 0, 5)
     sent = Partial.of_task(0, output)
-    arrays = [*sent.sums.values(), *sent.fixed_sums.values()]
+    arrays = [*sent.sums.values(), *sent.fixed_sums.values(), *sent.replicated.values()]
     assert sum(array.nbytes for array in arrays) == algorithm.task_result_bytes()
 
 

@@ -527,8 +527,10 @@ class PPO(PolicyOfParameters):
             "obs_variance": obs.variance,
             "return_variance": float(moments_from_state("return", state).variance),
             **{key: state[key] for key in adam_keys if key in state},
-            # Each task's carried episodes (ddrl.carry); a task index without one starts new episodes.
-            "carries": {index: arrays for index, arrays in carry.carries_in_state(state).items() if index < self.config.spark.num_tasks},
+            # Each task's carried episodes (ddrl.carry); a task index without one starts new episodes, and so does
+            # a task of a run resumed with other envs per task (env.total_envs over another spark.num_tasks).
+            "carries": {index: arrays for index, arrays in carry.carries_in_state(state).items()
+                        if index < self.config.spark.num_tasks and len(arrays["ended"]) == self.config.env.num_envs},
         }
 
     def _learning_rate_scale(self, state: State) -> float:
@@ -640,10 +642,11 @@ class PPO(PolicyOfParameters):
 
     def task_result_bytes(self) -> int:
         """The parameter change as one int64 a parameter; with ``adam_moments: average`` both moments as limbs;
-        under ``spark.sync: gradients`` the parameters and Adam's moments as float32 (from the task of rank 0)."""
+        under ``spark.sync: gradients`` the state the task of rank 0 returns: the parameters and Adam's moments as
+        float32, each tensor's Adam step, and the normalizers' moments."""
         parameters = sum(self.tensor_sizes)
         if self.synchronized:
-            return 3 * 4 * parameters
+            return 3 * 4 * parameters + 8 * len(self.tensor_sizes) + 8 * (2 * self.env.observation_dim + 1) + 8 * 3
         moments = 2 * parameters * BYTES_PER_WEIGHTED_VALUE if self.hp.adam_moments == "average" else 0
         return parameters * BYTES_PER_FIXED_VALUE + moments
 

@@ -106,20 +106,22 @@ def tree_depth(runs: Sequence[tuple[Config, Algorithm]], driver_limit_bytes: flo
 def check_result_size(runs: Sequence[tuple[Config, Algorithm]], limits: Mapping[str, float], fix: str) -> float:
     """Refuse, before the first job, models whose task results the driver cannot collect under the smallest of
     ``limits`` (name to bytes): Spark would abort the job or, short of heap, hang without an error.  Each of the
-    tree's last partial results holds one merged result per run it covers.  Returns that smallest limit, which
-    ``tree_depth`` sizes the merge tree by."""
+    tree's last partial results holds one merged result per run it covers; of a synchronized run only the task
+    of rank 0 returns the state.  Returns that smallest limit, which ``tree_depth`` sizes the merge tree by."""
     name, limit = min(limits.items(), key=lambda item: item[1])
     total_tasks = sum(config.spark.num_tasks for config, _ in runs)
     fan_in = tree.driver_fan_in(total_tasks, tree_depth(runs, limit))
     per_task = max(algorithm.task_result_bytes() for _, algorithm in runs)  # the largest, where runs differ
     collected = sum(
-        algorithm.task_result_bytes() * min(config.spark.num_tasks, fan_in) + algorithm.task_carry_bytes() * config.spark.num_tasks
+        algorithm.task_result_bytes() * (1 if synchronized(config) else min(config.spark.num_tasks, fan_in))
+        + algorithm.task_carry_bytes() * config.spark.num_tasks
         for config, algorithm in runs
     )
     if collected > limit:
         runs_text = f" for {len(runs)} runs in one job" if len(runs) > 1 else ""
+        who = "the task of rank 0 returns" if all(synchronized(config) for config, _ in runs) else "each task returns"
         raise ConfigError(
-            f"spark: each task returns {per_task / 2**20:.0f} MiB, and the driver would collect "
+            f"spark: {who} {per_task / 2**20:.0f} MiB, and the driver would collect "
             f"{collected / 2**20:.0f} MiB per iteration{runs_text}, over {name} ({limit / 2**20:.0f} MiB): use a smaller "
             f"model, {fix}"
         )
@@ -207,13 +209,8 @@ def run_attempts(run: Callable[[], Any], attempts: int) -> Any:
         except Exception as error:
             if attempt == attempts or guard.explain(error) is not None:
                 raise
-            log.warning("a barrier stage failed (attempt %d of %d), running it again: %s", attempt, attempts, _first_error_line(error))
+            log.warning("a barrier stage failed (attempt %d of %d), running it again: %s", attempt, attempts, guard.root_cause(error))
     raise AssertionError("unreachable")
-
-
-def _first_error_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if "Error" in line or "Exception" in line]
-    return (lines[-1] if lines else type(error).__name__)[:300]
 
 
 def task_attempts(master: str | None, max_failures: str | None) -> int:

@@ -21,7 +21,7 @@ from ddrl.config import Config, ConfigError
 from ddrl.engines import (DRIVER_HEAP_SHARE, Job, check_barrier, check_result_size, job_elements, local_slots, package_archive,
                           run_in_spark_jobs, size_in_bytes, synchronized, task_attempts, tree_depth)
 from ddrl.engines.guard import guarded
-from ddrl.engines.rendezvous import DriverStore
+from ddrl.engines.rendezvous import DriverStore, driver_host
 from ddrl.engines.work import run_element
 from ddrl.merge import Partial, merge_by_job
 
@@ -68,7 +68,7 @@ class ClassicEngine:
             check_barrier(configs, self.slots, conf.get("spark.dynamicAllocation.enabled", "false").lower() == "true", more)
             self.attempts = task_attempts(master, conf.get("spark.task.maxFailures", None))
             self.sync_timeout_s = max(config.spark.sync_timeout_s for config in configs)
-            host = conf.get("spark.driver.host", "localhost")
+            host = driver_host(conf.get("spark.driver.host", "localhost"))
             if host not in _DRIVER_STORES:
                 _DRIVER_STORES[host] = DriverStore(host)
             self.driver_store = _DRIVER_STORES[host]

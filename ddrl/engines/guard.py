@@ -87,3 +87,11 @@ def explain(error: BaseException) -> str | None:
         "notebooks' local sessions take it from their own environment), install them on the cluster (%pip install "
         "in a Databricks notebook, or cluster libraries), or ship this venv with ./spark-submit.sh --ship-env"
     )
+
+
+def root_cause(error: BaseException) -> str:
+    """The last line of a failed job's error naming an error or exception, Java's stack frames ("at ...") aside:
+    the Python error a task raised, in the failures of plain and barrier stages alike."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip() and not line.strip().startswith("at ")]
+    errors = [line for line in lines if "Error" in line or "Exception" in line]
+    return (errors[-1] if errors else lines[-1] if lines else type(error).__name__)[:500]

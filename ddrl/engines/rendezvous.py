@@ -63,12 +63,17 @@ class DriverStore:
     def __init__(self, host: str) -> None:
         from torch.distributed import TCPStore
 
-        self.host = os.environ.get(HOST_VARIABLE) or host
+        self.host = host
         # Listens on every interface; executors connect to self.host.  A day's timeout: the server waits for nobody.
         self.store = TCPStore("0.0.0.0", 0, None, True, timeout=datetime.timedelta(days=1), wait_for_workers=False)
 
     def meeting(self, timeout_s: float) -> Meeting:
         return Meeting(uuid.uuid4().hex, (self.host, self.store.port), timeout_s)
+
+
+def driver_host(spark_driver_host: str) -> str:
+    """The host executors reach the driver's store at: ``DDRL_RENDEZVOUS_HOST``, else ``spark.driver.host``."""
+    return os.environ.get(HOST_VARIABLE) or spark_driver_host
 
 
 def spark_meeting(timeout_s: float) -> Meeting:

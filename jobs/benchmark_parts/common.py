@@ -45,12 +45,16 @@ class LawCase:
 
 # ---- sizes ---------------------------------------------------------------------------------------------------
 
+AVERAGING = ["spark.sync=parameters", "env.total_envs=null"]
+"""Overrides for the parts that study parameter averaging (before spark.sync: gradients) on the shipped configs,
+whose envs are now split over the tasks (env.total_envs): each task's own envs (env.num_envs) instead."""
+
 # The rounds part's variants (jobs/benchmark_parts/rounds.py runs them), here for the default of Sizes.rounds_variants.
-_ROUNDS_8X256 = ["env.num_envs=8", "ppo.num_steps=256", "ppo.update_epochs=10", "ppo.num_minibatches=8", "ppo.gamma=0.99",
+_ROUNDS_8X256 = [*AVERAGING, "env.num_envs=8", "ppo.num_steps=256", "ppo.update_epochs=10", "ppo.num_minibatches=8", "ppo.gamma=0.99",
                  "ppo.gae_lambda=0.95", "ppo.learning_rate=0.001", "train.total_env_steps=300000", "ppo.carry_episodes=false"]
-_ZOO_ROUNDS = ["env.num_envs=8", "ppo.num_steps=32", "ppo.update_epochs=20", "ppo.num_minibatches=1", "ppo.gamma=0.98",
+_ZOO_ROUNDS = [*AVERAGING, "env.num_envs=8", "ppo.num_steps=32", "ppo.update_epochs=20", "ppo.num_minibatches=1", "ppo.gamma=0.98",
                "ppo.gae_lambda=0.8", "ppo.learning_rate=0.001", "train.total_env_steps=100000", "ppo.carry_episodes=false"]
-_CARRIED_ZOO = ["ppo.num_steps=32", "ppo.update_epochs=20", "ppo.num_minibatches=1", "ppo.gamma=0.98", "ppo.gae_lambda=0.8",
+_CARRIED_ZOO = [*AVERAGING, "ppo.num_steps=32", "ppo.update_epochs=20", "ppo.num_minibatches=1", "ppo.gamma=0.98", "ppo.gae_lambda=0.8",
                 "ppo.learning_rate=0.001", "train.total_env_steps=300000", "ppo.carry_episodes=true", "spark.num_tasks=2",
                 "ppo.adam_moments=fedadamw"]
 ROUND_VARIANTS: dict[str, list[str]] = {
@@ -127,17 +131,30 @@ class Sizes:
     data_score_rows: dict[str, int] = dataclasses.field(default_factory=lambda: {"MLP (CartPole)": 200_000, "CNN (Breakout, 84x84x4)": 4_096})
     data_bc_seeds: tuple[int, ...] = (1, 2, 3)
     data_teacher_episodes: int = 10
+    sync_tasks: tuple[int, ...] = (1, 2, 4)  # Pendulum and the wall-time cases (needs 4 task slots)
+    sync_tasks_cartpole: tuple[int, ...] = (1, 4)
+    sync_cartpole_seeds: tuple[int, ...] = (1, 2, 3, 4, 5)
+    sync_cartpole_overrides: tuple[str, ...] = ()
+    sync_pendulum_seeds: tuple[int, ...] = (1, 2, 3)
+    sync_pendulum_overrides: tuple[str, ...] = ("env.total_envs=4",)  # the issue's measurement: the shipped 4 envs over the tasks
+    sync_wall_iterations: int = 6  # the first two (workers start, evaluation) are not measured
+    sync_wall_cases: dict[str, tuple[str, tuple[str, ...]]] = dataclasses.field(default_factory=lambda: {
+        "HalfCheetah PPO": ("conf/halfcheetah_ppo.yaml", ()),
+        "Breakout PPO": ("conf/breakout_ppo.yaml", ()),
+    })
+    sync_latency_repetitions: int = 50
     scaling_law_cases: dict[str, LawCase] = dataclasses.field(
         default_factory=lambda: {
             # The default rule leaves a learning rate at or above ppo.max_scaled_learning_rate (CartPole's and
             # Pendulum's 1e-3) unscaled: plain averaging, bit for bit (the part reports a step scale of 1).
-            "CartPole PPO": LawCase("conf/cartpole_ppo.yaml", 475.0, 60, (1, 2, 4, 8, 16, 32), (1, 2, 3), {"default": []}),
-            "Pendulum PPO": LawCase("conf/pendulum_ppo.yaml", -200.0, 60, (1, 4, 16), (1,), {"default": []}),
+            "CartPole PPO": LawCase("conf/cartpole_ppo.yaml", 475.0, 60, (1, 2, 4, 8, 16, 32), (1, 2, 3), {"default": []},
+                                    overrides=(*AVERAGING, "env.num_envs=4")),
+            "Pendulum PPO": LawCase("conf/pendulum_ppo.yaml", -200.0, 60, (1, 4, 16), (1,), {"default": []}, overrides=(*AVERAGING, "env.num_envs=4")),
             # Up to 32 tasks split ARS's 32 directions (the same iterations, each shorter); 64 tasks take 64.
             "HalfCheetah ARS": LawCase("conf/halfcheetah_ars.yaml", 3000.0, 100, (1, 16, 64), (1,), {"directions": []}),
             # Evaluations of 5 episodes (5,000 env steps) every 5 iterations keep evaluation from outweighing training.
             "HalfCheetah PPO": LawCase("conf/halfcheetah_ppo.yaml", 3000.0, 200, (1, 4, 16), (1,), PPO_TASK_SCALING,
-                                       eval_every=5, overrides=("train.eval_episodes=5",)),
+                                       eval_every=5, overrides=("train.eval_episodes=5", *AVERAGING, "env.num_envs=1", "ppo.num_steps=512")),
         })
 
     @staticmethod
@@ -187,7 +204,16 @@ class Sizes:
             data_score_rows={"MLP (CartPole)": 2_048, "CNN (Breakout, 84x84x4)": 64},
             data_bc_seeds=(1,),
             data_teacher_episodes=2,
-            scaling_law_cases={"CartPole PPO": LawCase("conf/cartpole_ppo.yaml", 50.0, 3, (1, 2), (1,), PPO_TASK_SCALING)},
+            scaling_law_cases={"CartPole PPO": LawCase("conf/cartpole_ppo.yaml", 50.0, 3, (1, 2), (1,), PPO_TASK_SCALING, overrides=(*AVERAGING, "env.num_envs=4"))},
+            sync_tasks=(1, 2),
+            sync_tasks_cartpole=(1, 2),
+            sync_cartpole_seeds=(1,),
+            sync_cartpole_overrides=("train.total_env_steps=2048",),
+            sync_pendulum_seeds=(1,),
+            sync_pendulum_overrides=("env.total_envs=4", "train.total_env_steps=8192"),
+            sync_wall_iterations=3,
+            sync_wall_cases={"HalfCheetah PPO": ("conf/halfcheetah_ppo.yaml", ("ppo.num_steps=16", "ppo.update_epochs=2"))},
+            sync_latency_repetitions=5,
         )
 
 

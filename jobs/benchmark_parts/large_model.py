@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobs.benchmark_parts.common import Bench, median, row, slim, train_in_process
+from jobs.benchmark_parts.common import AVERAGING, Bench, median, row, slim, train_in_process
 
 
 def large_model(bench: Bench) -> dict[str, Any]:
@@ -16,7 +16,7 @@ def large_model(bench: Bench) -> dict[str, Any]:
     sizes, data, rows = bench.sizes, {}, []
     cores = int(bench.spark().sparkContext.defaultParallelism)
     hidden = sizes.large_model_hidden
-    base = [f"ppo.hidden_sizes=[{hidden},{hidden}]", "spark.num_tasks=8", "train.eval_every=1000"]
+    base = [*AVERAGING, "env.num_envs=1", f"ppo.hidden_sizes=[{hidden},{hidden}]", "spark.num_tasks=8", "train.eval_every=1000"]
     base += [f"ppo.num_steps={sizes.large_model_steps}"] if sizes.large_model_steps else []
     # 8 results through treeReduce: depth 1 collects all 8 on the driver, depth 2 adds a reduceByKey level of 2.
     variants = {"fedadamw, depth 1": ["ppo.adam_moments=fedadamw", "spark.tree_depth=1"],

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobs.benchmark_parts.common import Bench, load_average, median, read_run_metrics, row, run_process, train_command
+from jobs.benchmark_parts.common import AVERAGING, Bench, load_average, median, read_run_metrics, row, run_process, train_command
 
 STEP_SECONDS = 0.004
 SLOW_ENV = ["env.id=jobs.benchmark_parts.slow_envs:SlowPendulum", f"env.kwargs.step_seconds={STEP_SECONDS}", "env.max_episode_steps=200"]
@@ -22,7 +22,7 @@ TARGET_AT_16 = 0.9
 def overrides(algo: str, tasks: int, iterations: int) -> tuple[str, list[str]]:
     """The config and overrides of one run: ``tasks`` tasks, each with the same work, for ``iterations`` iterations."""
     if algo == "ppo":
-        path, per_task, steps = "conf/pendulum_ppo.yaml", ["env.num_envs=1", "ppo.num_steps=200", "ppo.update_epochs=4", "ppo.num_minibatches=4"], 200
+        path, per_task, steps = "conf/pendulum_ppo.yaml", [*AVERAGING, "env.num_envs=1", "ppo.num_steps=200", "ppo.update_epochs=4", "ppo.num_minibatches=4"], 200
     else:  # one direction per task: its 2 episodes one after the other
         path, per_task, steps = "conf/pendulum_es.yaml", ["env.num_envs=1", f"es.num_directions={tasks}"], 2 * 200
     return path, [*SLOW_ENV, *QUIET, *per_task, f"spark.num_tasks={tasks}", f"train.total_env_steps={steps * tasks * iterations}"]

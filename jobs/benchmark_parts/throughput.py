@@ -70,10 +70,10 @@ def throughput(bench: Bench) -> dict[str, Any]:
         ("CartPole-v1 (conf, 8 envs)", "conf/cartpole_ppo.yaml", [], 0.5),
         # One task leaves the second core to the driver's JVM, which in local mode works beside the tasks as they start.
         ("CartPole-v1 (conf, 1 task)", "conf/cartpole_ppo.yaml", ["spark.num_tasks=1"], 0.5),
-        ("CartPole-v1 (64 envs x 32 steps)", "conf/cartpole_ppo.yaml", ["env.num_envs=64", "ppo.num_steps=32"], 0.5),
+        ("CartPole-v1 (64 envs x 32 steps)", "conf/cartpole_ppo.yaml", ["env.total_envs=null", "env.num_envs=64", "ppo.num_steps=32"], 0.5),
         ("HalfCheetah-v5 (conf/halfcheetah_ppo.yaml)", "conf/halfcheetah_ppo.yaml", [], 0.7),
         ("HalfCheetah-v5 (conf, 1 task)", "conf/halfcheetah_ppo.yaml", ["spark.num_tasks=1"], 0.7),
-        ("HalfCheetah-v5 (8 envs x 128 steps)", "conf/halfcheetah_ppo.yaml", ["env.num_envs=8", "ppo.num_steps=128"], 0.7),
+        ("HalfCheetah-v5 (8 envs x 128 steps)", "conf/halfcheetah_ppo.yaml", ["env.total_envs=null", "env.num_envs=8", "ppo.num_steps=128"], 0.7),
     ]
     rows, data = [], {}
     for case, path, overrides, target in cases:
