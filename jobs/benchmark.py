@@ -38,6 +38,8 @@ Parts (``--only`` takes one or more, comma-separated or repeated; default all, i
                   SB3, Pendulum env steps to -200 at 1, 2 and 4 tasks, HalfCheetah and Breakout iteration time at 1, 2
                   and 4 tasks split into collection, compute, all-reduce and overhead, projected S(8) and S(16); needs
                   4 task slots: DDRL_MASTER='local[4]' (#29);
+* ``sync_mujoco`` HalfCheetah-v5 and Hopper-v5 PPO at 1M steps, ddrl at 1 and 4 tasks against SB3 with the same 4 envs
+                  x 128 steps and seeds (``--seeds``), two processes at a time (#29);
 * ``sweep``       16 CartPole trials (4 learning rates x 4 seeds) in one jobs/sweep.py process against one trial,
                   whole processes on local[2]: a plain grid and successive halving (#14).
 
@@ -88,11 +90,12 @@ from jobs.benchmark_parts.scaling_law import scaling_law
 from jobs.benchmark_parts.simulated_cluster import simulated_cluster
 from jobs.benchmark_parts.sweep import sweep
 from jobs.benchmark_parts.sync import sync
+from jobs.benchmark_parts.sync_mujoco import sync_mujoco
 from jobs.benchmark_parts.throughput import throughput
 from jobs.benchmark_parts.time_to_target import time_to_target
 from jobs.benchmark_parts.vs_sb3 import vs_sb3
 
-PARTS = ("throughput", "breakdown", "carry", "cost_model", "rounds", "large_model", "sync", "scaling", "vs_sb3", "halfcheetah", "connect",
+PARTS = ("throughput", "breakdown", "carry", "cost_model", "rounds", "large_model", "sync", "scaling", "vs_sb3", "sync_mujoco", "halfcheetah", "connect",
          "simulated_cluster", "scaling_law", "data", "time_to_target", "pixels", "sweep")
 """In running order: the in-process parts first (one Spark session), then those that start their own."""
 IN_PROCESS = ("throughput", "breakdown", "carry", "cost_model", "rounds", "large_model", "sync", "scaling_law", "data")
@@ -115,6 +118,7 @@ RUNNERS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "pixels": pixels,
     "sweep": sweep,
     "sync": sync,
+    "sync_mujoco": sync_mujoco,
 }
 
 

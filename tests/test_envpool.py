@@ -32,7 +32,7 @@ def _breakout(tmp_path, name: str) -> dict:
     """conf/breakout_ppo.yaml's envs with EnvPool's Breakout for training, a handful of steps."""
     base = config_module.load("conf/breakout_ppo.yaml").to_dict()
     envpool = {"id": "Breakout-v5", "kwargs": {"episodic_life": True, "reward_clip": True, "noop_max": 30, "repeat_action_probability": 0.0}}
-    return small_ppo_config(tmp_path, name=name, env={**base["env"], "num_envs": 2, "max_episode_steps": 300, "envpool": envpool},
+    return small_ppo_config(tmp_path, name=name, env={**base["env"], "total_envs": None, "num_envs": 2, "max_episode_steps": 300, "envpool": envpool},
                             ppo={"num_steps": 16, "cnn": "nature", "hidden_sizes": [], "carry_episodes": False},
                             train={"total_env_steps": 2 * 2 * 16 * 2, "eval_episodes": 1, "final_eval_episodes": 1})
 

@@ -3,18 +3,21 @@ are bit-identical, and a lost task, too few slots or no way to meet each end in 
 
 from __future__ import annotations
 
-import math
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import final_params, small_ppo_config
+import yaml
+from conftest import ROOT, final_params, small_es_config, small_ppo_config
 from torch import nn
 
 import ddrl
 from ddrl import config as config_module
-from ddrl.algorithms import bc as bc_module
 from ddrl.algorithms import ppo
 from ddrl.algorithms.ppo import ActorCritic, Batch, flat_parameters, load_flat_parameters
 from ddrl.config import ConfigError
@@ -227,10 +230,10 @@ def test_executors_that_cannot_reach_the_rendezvous_get_one_line_and_lose_nothin
 
     # 10.255.255.1: a private address no host here has, so the executors' connections go nowhere
     monkeypatch.setenv(rendezvous.HOST_VARIABLE, "10.255.255.1")
-    started = __import__("time").monotonic()
+    started = time.monotonic()
     with pytest.raises(ddrl.TrainingError) as raised:
         ddrl.train(spark, config, resume=tmp_path / "run", observers=[])
-    elapsed = __import__("time").monotonic() - started
+    elapsed = time.monotonic() - started
     message = str(raised.value)
     assert message.startswith("iteration 3: the 2 tasks of a run could not form their process group") and "\n" not in message
     assert "10.255.255.1" in message and "spark.sync: parameters" in message
@@ -274,7 +277,22 @@ def test_resume_keeps_the_runs_sync_mode(spark, tmp_path):
 
 
 def test_es_refuses_gradients(tmp_path):
-    from conftest import small_es_config
-
     with pytest.raises(ConfigError, match=r"^spark\.sync: algo es cannot train with sync: gradients"):
         config_module.load(small_es_config(tmp_path), ["spark.sync=gradients"])
+
+
+def test_dynamic_allocation_gets_one_line_from_the_train_job(tmp_path):
+    """A session with dynamic allocation on, which Spark refuses barrier stages under: jobs/train.py says so in one
+    line before the first job (local mode itself ignores dynamic allocation; the setting is what counts)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(small_ppo_config(tmp_path)))
+    spark_submit = Path(sys.executable).parent / "spark-submit"
+    done = subprocess.run(
+        [str(spark_submit), "--master", "local[2]", "--conf", "spark.dynamicAllocation.enabled=true", "--conf", "spark.ui.enabled=false",
+         str(ROOT / "jobs" / "train.py"), "--config", str(config), "--run-dir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYSPARK_PYTHON": sys.executable},
+    )
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("ddrl: ")]  # spark-submit merges them
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert len(lines) == 1 and "dynamic allocation (spark.dynamicAllocation.enabled=true)" in lines[0] and "spark.sync: parameters" in lines[0]
+    assert "Traceback" not in done.stdout + done.stderr and not (tmp_path / "run").exists()

@@ -143,6 +143,10 @@ class Sizes:
         "Breakout PPO": ("conf/breakout_ppo.yaml", ()),
     })
     sync_latency_repetitions: int = 50
+    sync_mujoco_envs: tuple[str, ...] = ("HalfCheetah-v5", "Hopper-v5")
+    sync_mujoco_steps: int = 1_000_000
+    sync_mujoco_parallel: int = 2  # processes at a time
+    sync_mujoco_timeout: float = 4 * 3600.0
     scaling_law_cases: dict[str, LawCase] = dataclasses.field(
         default_factory=lambda: {
             # The default rule leaves a learning rate at or above ppo.max_scaled_learning_rate (CartPole's and
@@ -214,6 +218,8 @@ class Sizes:
             sync_wall_iterations=3,
             sync_wall_cases={"HalfCheetah PPO": ("conf/halfcheetah_ppo.yaml", ("ppo.num_steps=16", "ppo.update_epochs=2"))},
             sync_latency_repetitions=5,
+            sync_mujoco_envs=("Hopper-v5",),
+            sync_mujoco_steps=1024,
         )
 
 

@@ -45,8 +45,9 @@ def _linear(start: float) -> Callable[[float], float]:
 
 
 def _one_core(cpu: int) -> None:
-    """Pin this process to ``cpu`` and torch to one thread (before its first op): SB3 as one core runs it."""
-    if hasattr(os, "sched_setaffinity"):
+    """Pin this process to ``cpu`` (unless it is -1) and torch to one thread (before its first op): SB3 as one core
+    runs it."""
+    if cpu >= 0 and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {cpu})
     import torch
 
@@ -106,15 +107,19 @@ ZOO_MUJOCO: dict[str, dict[str, Any]] = {
 
 
 def sb3_mujoco(argv: list[str]) -> int:
-    """SB3 PPO with rl-zoo's tuned settings for a MuJoCo env on one core, trained for a wall-time budget, with a
-    20-episode deterministic evaluation every ``--eval-every`` env steps (0: none) and at the end."""
+    """SB3 PPO with rl-zoo's tuned settings for a MuJoCo env on one core, trained for a wall-time budget (or
+    ``--steps``), with a 20-episode deterministic evaluation every ``--eval-every`` env steps (0: none) and at the
+    end.  ``--n-envs`` and ``--n-steps`` split rl-zoo's batch of 1 env x 512 steps (4 x 128: the shipped configs')."""
     parser = argparse.ArgumentParser(prog="benchmark.py sb3-mujoco")
     parser.add_argument("--env", choices=sorted(ZOO_MUJOCO), default="HalfCheetah-v5")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--minutes", type=float, default=15.0, help="whole-process budget, final evaluation included")
     parser.add_argument("--eval-every", type=int, default=0, help="env steps between evaluations (0: only the final one)")
     parser.add_argument("--eval-episodes", type=int, default=20)
-    parser.add_argument("--cpu", type=int, default=0, help="the core to pin to")
+    parser.add_argument("--cpu", type=int, default=0, help="the core to pin to (-1: none, for runs side by side)")
+    parser.add_argument("--n-envs", type=int, default=1, help="envs of the vector env (rl-zoo: 1)")
+    parser.add_argument("--n-steps", type=int, default=512, help="steps per env and update (rl-zoo: 512)")
+    parser.add_argument("--steps", type=int, default=0, help="train this many env steps instead of --minutes (0: the minutes)")
     args = parser.parse_args(argv)
     _one_core(args.cpu)
     import torch
@@ -124,9 +129,9 @@ def sb3_mujoco(argv: list[str]) -> int:
     from stable_baselines3.common.vec_env import VecNormalize
 
     reserve = 10.0 if args.minutes >= 5 else 4.0  # seconds kept for the final evaluation
-    deadline = STARTED_AT + args.minutes * 60 - reserve
-    hyperparameters = ZOO_MUJOCO[args.env]
-    env = VecNormalize(make_vec_env(args.env, n_envs=1, seed=args.seed), gamma=hyperparameters["gamma"])
+    deadline = math.inf if args.steps else STARTED_AT + args.minutes * 60 - reserve
+    hyperparameters = {**ZOO_MUJOCO[args.env], "n_steps": args.n_steps}
+    env = VecNormalize(make_vec_env(args.env, n_envs=args.n_envs, seed=args.seed), gamma=hyperparameters["gamma"])
     policy_kwargs = {"log_std_init": -2, "ortho_init": False, "activation_fn": torch.nn.ReLU, "net_arch": {"pi": [256, 256], "vf": [256, 256]}}
     model = PPO("MlpPolicy", env, **hyperparameters, policy_kwargs=policy_kwargs, seed=args.seed, device="cpu", verbose=0)
 
@@ -147,7 +152,7 @@ def sb3_mujoco(argv: list[str]) -> int:
             return time.time() < deadline
 
     # rl-zoo's budget is 1M steps; the deadline stops training here (lr and clip are constant: no schedule to keep).
-    model.learn(total_timesteps=100_000_000, callback=DeadlineAndEvaluations())
+    model.learn(total_timesteps=args.steps or 100_000_000, callback=DeadlineAndEvaluations())
     final = evaluate(10**6 + args.seed)
     print(f"eval at {model.num_timesteps} steps: {final.mean():.1f} ({time.time() - STARTED_AT:.1f} s)", flush=True)
     print(f"final evaluation: {final.mean():.1f} +- {final.std():.1f} over {args.eval_episodes} episodes (not solved)")
