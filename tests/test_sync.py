@@ -104,7 +104,7 @@ def _synchronized_update(elements, meeting, halves, seeds, params, config):
     hp = config.hyperparameters
     model = ActorCritic(algorithm.env, hp, initialize=False)
     load_flat_parameters(model, params)
-    optimizer = torch.optim.Adam(model.parameters(), lr=hp.learning_rate, eps=hp.adam_eps)
+    optimizer = torch.optim.Adam(model.parameters(), lr=hp.learning_rate, eps=hp.adam_eps, fused=True)  # as PPO's tasks step
     stats = {name: [] for name in ppo.LOSSES}
     with rendezvous.joined(meeting, 0, rank, len(halves), f"math-{seeds}") as collective:
         torch.manual_seed(seeds[rank])

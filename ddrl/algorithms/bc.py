@@ -149,7 +149,7 @@ class BehaviourCloning(PolicyOfParameters):
         actor = self._actor(initialize=False)
         load_flat_parameters(actor, payload["params"])
         parameters = list(actor.parameters())
-        optimizer = torch.optim.Adam(parameters, lr=self.hp.learning_rate)
+        optimizer = torch.optim.Adam(parameters, lr=self.hp.learning_rate, fused=True)
         if self.synchronized:
             synchronized.load_adam(optimizer, parameters, payload)
         records: dict[str, Any] = {"rows": 0}

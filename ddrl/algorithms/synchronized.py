@@ -66,6 +66,10 @@ def all_reduce_gradients(parameters: Iterable[torch.nn.Parameter], collective: C
     those statistics' means over every task's rows.  Parameters without a gradient (outside this step's loss)
     have none on any task, and keep none."""
     with_gradient = [parameter for parameter in parameters if parameter.grad is not None]
+    if collective.world_size == 1:  # nothing to add: divide in place
+        for parameter in with_gradient:
+            parameter.grad.div_(count)
+        return statistics.float().reshape(-1) / count
     flat = torch.cat([parameter.grad.reshape(-1) for parameter in with_gradient] + [statistics.float().reshape(-1)])
     collective.all_reduce(flat)
     flat /= count

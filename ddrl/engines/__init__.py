@@ -168,18 +168,16 @@ def spark_jobs(jobs: Sequence[Job], slots: int | None) -> list[list[int]]:
     """The indices of ``jobs`` each Spark job carries: every unsynchronized run in one job, synchronized runs in
     barrier stages of at most ``slots`` tasks (consecutive runs packed together; None: no limit known)."""
     plain = [index for index, job in enumerate(jobs) if not synchronized(job.work.config)]
-    stages: list[list[int]] = [plain] if plain else []
+    stages: list[list[int]] = []
     used = 0
-    for index, job in enumerate(jobs):
-        tasks = job.work.config.spark.num_tasks
-        if not synchronized(job.work.config):
-            continue
-        if not stages or stages[-1] is plain or (slots is not None and used + tasks > slots):
+    for index in (index for index, job in enumerate(jobs) if synchronized(job.work.config)):
+        tasks = jobs[index].work.config.spark.num_tasks
+        if not stages or (slots is not None and used + tasks > slots):
             stages.append([])
             used = 0
         stages[-1].append(index)
         used += tasks
-    return stages
+    return ([plain] if plain else []) + stages
 
 
 def run_in_spark_jobs(jobs: Sequence[Job], slots: int | None, attempts: int,
@@ -203,14 +201,14 @@ def run_attempts(run: Callable[[], Any], attempts: int) -> Any:
     """``run()``, again after a failure while attempts are left; a failure a task reported in one line (no group
     could form, say) is not transient and ends it at once.  Tasks are pure functions of what they are shipped,
     so a later attempt gives the bytes the first would have."""
-    for attempt in range(1, attempts + 1):
+    for attempt in range(1, attempts):
         try:
             return run()
         except Exception as error:
-            if attempt == attempts or guard.explain(error) is not None:
+            if guard.explain(error) is not None:
                 raise
             log.warning("a barrier stage failed (attempt %d of %d), running it again: %s", attempt, attempts, guard.root_cause(error))
-    raise AssertionError("unreachable")
+    return run()
 
 
 def task_attempts(master: str | None, max_failures: str | None) -> int:

@@ -103,8 +103,7 @@ _STORE_CLIENTS: dict[tuple[str, int], Any] = {}
 @contextlib.contextmanager
 def joined(meeting: Meeting, run: int, rank: int, world_size: int, fingerprint: str) -> Iterator[GlooCollective]:
     """The run's collective for one task: ``run`` numbers the runs sharing the stage, ``rank`` is the task index.
-    The group stays kept for the next job if the task ends cleanly, and is dropped at once if it fails; the
-    first failure of a meeting is left in the driver's store, for the driver to report."""
+    The group stays kept for the next job if the task ends cleanly, and is dropped at once if it fails."""
     key = (fingerprint, rank, world_size)
     try:
         collective = _join(meeting, run, rank, world_size, key)
@@ -112,39 +111,25 @@ def joined(meeting: Meeting, run: int, rank: int, world_size: int, fingerprint: 
         raise
     except Exception as error:
         where = f" and the driver at {meeting.store_address[0]}:{meeting.store_address[1]} ({HOST_VARIABLE} sets the driver's address)" if meeting.store_address else ""
-        failure = guard.reported(
+        raise guard.reported(
             f"the {world_size} tasks of a run could not form their process group (spark.sync: gradients) within "
             f"{meeting.timeout_s:g} s ({first_line(error)}): the executors must reach each other{where} over TCP; "
             "or set spark.sync: parameters"
-        )
-        _record_failure(meeting, failure)
-        raise failure from None
+        ) from None
     kept = _KEPT[key]
     kept.clean = False
     try:
         yield collective
-    except BaseException as error:
+    except BaseException:
         _KEPT.pop(key, None)
         collective.group = kept.group = None
         gc.collect()  # the group's last references go: its sockets close now, failing its peers' waits at once
-        _record_failure(meeting, error)
         raise
     kept.clean = True
 
 
 class StaleMeeting(RuntimeError):
     """A meeting held before: Spark runs a failed barrier stage again, with the closure of the failed attempt."""
-
-
-FAILURE_KEY = "failure"
-
-
-def _record_failure(meeting: Meeting, error: BaseException) -> None:
-    """Leave the first failure of a classic meeting in the driver's store (best effort: it may be unreachable)."""
-    if meeting.store_address is None or meeting.store_address not in _STORE_CLIENTS:
-        return
-    with contextlib.suppress(Exception):
-        _STORE_CLIENTS[meeting.store_address].compare_set(f"{meeting.key}/{FAILURE_KEY}", "", f"{type(error).__name__}: {first_line(error)}")
 
 
 def _join(meeting: Meeting, run: int, rank: int, world_size: int, key: tuple[str, int, int]) -> GlooCollective:

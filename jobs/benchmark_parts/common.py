@@ -146,6 +146,7 @@ class Sizes:
     sync_mujoco_envs: tuple[str, ...] = ("HalfCheetah-v5", "Hopper-v5")
     sync_mujoco_steps: int = 1_000_000
     sync_mujoco_parallel: int = 2  # processes at a time
+    sync_mujoco_wide_seeds: int = 1  # how many of the seeds also run on 4 tasks (an hour each on 2 cores)
     sync_mujoco_timeout: float = 4 * 3600.0
     scaling_law_cases: dict[str, LawCase] = dataclasses.field(
         default_factory=lambda: {
