@@ -67,7 +67,7 @@ def data(bench: Bench) -> dict[str, Any]:
 def _recording(bench: Bench, case: str, path: str, iterations: int) -> dict[str, Any]:
     stem = Path(path).stem
     experience = bench.work / "experience" / stem
-    _, recorded = train_in_process(bench, path, ["train.eval_every=100000", f"output.record_experience={experience}"], iterations, f"data-{stem}-recorded")
+    config, recorded = train_in_process(bench, path, ["train.eval_every=100000", f"output.record_experience={experience}"], iterations, f"data-{stem}-recorded")
     _, plain = train_in_process(bench, path, ["train.eval_every=100000"], iterations, f"data-{stem}-plain")
     files = sorted(experience.glob("*.parquet"))
     import pyarrow.parquet as pq
@@ -84,6 +84,7 @@ def _recording(bench: Bench, case: str, path: str, iterations: int) -> dict[str,
         "record_s": median([r["record_s"] for r in recorded[1:]]),
         "bytes_per_row": sum(file.stat().st_size for file in files) / transitions,
         "files": len(files),
+        "tasks": config.spark.num_tasks,
     }
 
 
