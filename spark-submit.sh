@@ -78,8 +78,9 @@ ship_env=${DDRL_SHIP_ENV:-0}
 deploy_mode=client
 py_files=""
 submit_args=()
-while [[ $# -gt 0 && "$1" == --* ]]; do
+while [[ $# -gt 0 && "$1" == -* ]]; do
   case "$1" in
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     --master) master=$2; shift 2 ;;
     --master=*) master=${1#--master=}; shift ;;
     --ship-env) ship_env=1; shift ;;
@@ -88,10 +89,11 @@ while [[ $# -gt 0 && "$1" == --* ]]; do
     --deploy-mode) deploy_mode=$2; submit_args+=("$1" "$2"); shift 2 ;;
     --deploy-mode=*) deploy_mode=${1#--deploy-mode=}; submit_args+=("$1"); shift ;;
     --verbose|--supervise) submit_args+=("$1"); shift ;;
-    *) submit_args+=("$1" "$2"); shift 2 ;;
+    *) [[ $# -ge 2 ]] || { echo "ddrl: $1 needs a value (spark-submit options are --name value; ./spark-submit.sh --help)" >&2; exit 2; }
+       submit_args+=("$1" "$2"); shift 2 ;;
   esac
 done
-[[ $# -gt 0 ]] || { sed -n '2,11p' "$0" >&2; exit 2; }
+[[ $# -gt 0 ]] || { sed -n '2,14p' "$0" >&2; exit 2; }
 
 # The ddrl package as a zip for --py-files (pure Python; torch and the rest come from the environment).
 build_package() {
@@ -146,11 +148,18 @@ if [[ "$master" != local* ]]; then
 fi
 [[ -z "$py_files" ]] || submit_args+=(--py-files "$py_files")
 
+# conf/spark-defaults.conf as --conf pairs: a --properties-file would replace the cluster's own spark-defaults.conf,
+# whose settings these are merged with instead (and an option given on this command line wins over both).
+ddrl_defaults=()
+while read -r key value; do
+  [[ -z "$key" || "$key" == \#* ]] || ddrl_defaults+=(--conf "$key=$value")
+done < "$ROOT/conf/spark-defaults.conf"
+
 cds_writing=""
 jvm_class_sharing write
 submit=("$VENV/bin/spark-submit"
   --master "$master"
-  --properties-file "$ROOT/conf/spark-defaults.conf"
+  "${ddrl_defaults[@]}"
   --driver-java-options "-Dlog4j2.configurationFile=file:$ROOT/conf/log4j2.properties"
   ${submit_args[@]+"${submit_args[@]}"}
   "$@")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import logging
 import re
 from typing import Any, Callable, Literal, Sequence
 
@@ -282,6 +283,15 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
+@functools.cache
+def _mujoco_warnings_to_log() -> None:
+    """MuJoCo writes its warnings to MUJOCO_LOG.TXT in the working directory, and gymnasium's own models raise one
+    at every env they build (a deprecated compiler attribute): send them to ddrl's log instead, at debug level."""
+    import mujoco
+
+    mujoco.set_mju_user_warning(lambda message: logging.getLogger("ddrl").debug("MuJoCo: %s", message))
+
+
 def _make_kwargs(env: EnvConfig) -> dict[str, Any]:
     kwargs = dict(env.kwargs)
     if env.max_episode_steps is not None:
@@ -316,6 +326,8 @@ def _registered_id(env_id: str) -> str:
     if ":" not in env_id:
         if env_id not in gym.registry:
             raise ConfigError(f"env.id: unknown environment {env_id!r} (not in gymnasium's registry)")
+        if "mujoco" in str(gym.registry[env_id].entry_point):
+            _mujoco_warnings_to_log()
         return env_id
     module_name, _, class_name = env_id.partition(":")
     registered = "ddrl-user/" + re.sub(r"\W", "_", env_id)

@@ -20,19 +20,20 @@ from ddrl import config as config_module, envs, extras
 from ddrl.data import trajectories
 from ddrl.envs import evaluate
 from ddrl.run import CONFIG_FILE
+from ddrl.cli import HelpFormatter
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("run_dir", type=Path, help="a run directory (with config.yaml and policy/)")
-    parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--episodes", type=int, default=20, help="greedy episodes to play, one per sub-env, each seeded from --seed")
     parser.add_argument("--best", action="store_true", help="the run's best-evaluated policy (best/) instead of its final one")
     parser.add_argument("--seed", type=int, default=12345, help="seed of the evaluation episodes")
     parser.add_argument("--record", metavar="PATH", help="write the episodes' transitions to PATH/evaluation-seed-<seed>.parquet")
     parser.add_argument("--gif", type=Path, metavar="OUT.gif", help="record one episode of the policy as an animated GIF")
-    parser.add_argument("--gif-every", type=int, default=2, metavar="K", help="keep every K-th frame (default 2)")
-    parser.add_argument("--gif-width", type=int, default=320, metavar="PIXELS", help="frame width (default 320)")
-    parser.add_argument("--gif-fps", type=float, default=25.0, help="frames per second of the GIF (default 25)")
+    parser.add_argument("--gif-every", type=int, default=2, metavar="K", help="keep every K-th frame")
+    parser.add_argument("--gif-width", type=int, default=320, metavar="PIXELS", help="frame width")
+    parser.add_argument("--gif-fps", type=float, default=25.0, help="frames per second of the GIF")
     args = parser.parse_args(argv)
     try:
         config = config_module.load(args.run_dir / CONFIG_FILE)

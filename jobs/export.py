@@ -14,10 +14,11 @@ from pathlib import Path
 
 import ddrl
 from ddrl.export import export_program, export_torchscript
+from ddrl.cli import HelpFormatter
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("run_dir", type=Path, help="a run directory (or its policy/ directory)")
     parser.add_argument("--out", type=Path, required=True, help="policy.pt2 (torch.export) or policy.pt (TorchScript)")
     parser.add_argument("--best", action="store_true", help="the run's best-evaluated policy (best/) instead of its final one")

@@ -12,15 +12,16 @@ import sys
 from pathlib import Path
 
 import ddrl
+from ddrl.cli import HelpFormatter
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="run directories (or sweep directories) whose metrics to plot")
     parser.add_argument("--out", type=Path, help="the PNG to write (default: RUN_DIR/learning_curve.png for one run, "
                                                  "else learning_curve.png here)")
     parser.add_argument("--label", action="append", help="a legend label per run, in order (default: the directory names)")
-    parser.add_argument("--title")
+    parser.add_argument("--title", help="the plot's title (default: none)")
     args = parser.parse_args(argv)
 
     from ddrl import extras

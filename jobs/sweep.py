@@ -19,10 +19,11 @@ import time
 import ddrl
 from ddrl.sweeps import driver, spec
 from train import STARTED_AT, build_connect_session, build_spark_session, stop_session
+from ddrl.cli import HelpFormatter
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--config", help="YAML config of every trial (not with --resume)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override of the base config")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="values tried, crossed with the other --grid keys")
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=1, help="random samples per grid point (with --random)")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per point: the config's seed + 0, 1, ...")
     parser.add_argument("--halving-min-steps", type=int, metavar="STEPS", help="successive halving, first rung at STEPS env steps")
-    parser.add_argument("--eta", type=int, default=3, help="successive halving keeps the top 1/eta at each rung (default 3)")
+    parser.add_argument("--eta", type=int, default=3, help="successive halving keeps the top 1/eta at each rung")
     parser.add_argument("--pbt-interval", type=int, metavar="K", help="population-based training: exploit and explore every K iterations")
     parser.add_argument("--pbt-quantile", type=float, default=0.25, help="PBT: the bottom quantile takes the top quantile's state")
     parser.add_argument("--pbt-hyperparameters", metavar="KEY,KEY", help="PBT: the keys perturbed (default: the algorithm's)")

@@ -19,12 +19,13 @@ import warnings
 
 import ddrl
 from ddrl.run import Run
+from ddrl.cli import HelpFormatter
 
 STARTED_AT = float(os.environ.get("DDRL_STARTED_AT", time.time()))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--config", help="YAML config (optional with --resume: the run's own config)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. ppo.learning_rate=0.001")
     parser.add_argument("--run-dir", help="run directory (default: output.root/<name>-<timestamp>)")

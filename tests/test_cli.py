@@ -196,3 +196,24 @@ def test_the_incompatible_checkpoint_is_valid_but_of_another_shape(tmp_path):
     state, meta = checkpoint.load_latest(tmp_path / "run" / "checkpoints")
     assert meta["fingerprint"] == config_module.load(tmp_path / "run" / "config.yaml").fingerprint()
     assert state["params"].shape != good_state["params"].shape
+
+
+@pytest.mark.parametrize("job", ["train", "evaluate", "export", "plot", "sweep"])
+def test_each_job_helps_with_its_whole_description_and_its_defaults(job):
+    done = subprocess.run([sys.executable, str(ROOT / "jobs" / f"{job}.py"), "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = (ROOT / "jobs" / f"{job}.py").read_text().split('"""')[1]
+    assert doc.strip().splitlines()[-1].strip() in done.stdout  # the docstring's last line: nothing cut at a colon
+    options = done.stdout.split("options:")[1]
+    entries = [entry for entry in options.split("\n  -") if entry.strip()]
+    assert all(len(entry.split(None, 1)) > 1 for entry in entries), "an option without a help text"
+    if job == "sweep":
+        assert "(default: 3)" in " ".join(done.stdout.split())  # --eta
+
+
+def test_spark_submit_sh_helps_and_refuses_an_option_without_its_value():
+    shown = subprocess.run([str(ROOT / "spark-submit.sh"), "--help"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "./spark-submit.sh --test" in shown.stdout
+    missing = subprocess.run([str(ROOT / "spark-submit.sh"), "--conf"], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines() == [
+        "ddrl: --conf needs a value (spark-submit options are --name value; ./spark-submit.sh --help)"]
